@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up, build, and run every test: GoogleTest (ctest) then pytest. GPU tests skip without a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+echo "== ctest"
+ctest --test-dir "${CODETR_BUILD_DIR:-build}" --output-on-failure
+echo "== pytest"
+python3 -m pytest -q tests "$@"
