@@ -1,0 +1,52 @@
+"""Co-DINO in plain PyTorch: backbones, neck, transformer, head, detector and ``build_model``."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from codetr.models.codino import CoDINO
+from codetr.presets import COCO_CLASSES, Preset, get_preset
+
+_OP_LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_lib",
+                           "libcodetr_ops.so")
+
+
+def op_library_available() -> bool:
+    """True when the compiled MSDA op library has been built into codetr/_lib/."""
+    return os.path.isfile(_OP_LIBRARY)
+
+
+def build_model(preset: "str | Preset", checkpoint=None, device: "str | torch.device" = "cpu",
+                dtype: torch.dtype = torch.float32, msda_impl: Optional[str] = None,
+                strict: bool = True) -> CoDINO:
+    """Build an eval-mode Co-DINO for ``preset`` (name or :class:`Preset`).
+
+    checkpoint: path to an mmdet .pth / bare state_dict .pth / .safetensors, or a state_dict.
+    device 'meta' builds without allocating weights (shape inspection).
+    msda_impl: 'op' (C++/CUDA op) or 'pytorch' (grid_sample); default 'op' when the op library
+    is built, else 'pytorch'. Change later with ``codetr.nn.set_msda_impl(model, impl)``.
+    ``model.classes`` holds the class names from the checkpoint, else the preset's (COCO-80).
+    """
+    from codetr.checkpoint import load_checkpoint
+    from codetr.nn import set_msda_impl
+
+    preset = get_preset(preset)
+    with torch.device("meta") if str(device) == "meta" else torch.device("cpu"):
+        model = CoDINO(preset.model)
+    classes = None
+    if checkpoint is not None:
+        classes = load_checkpoint(model, checkpoint, strict=strict)
+    if classes is not None and len(classes) != preset.model.num_classes:
+        raise ValueError(f"checkpoint has {len(classes)} class names but preset {preset.name} has "
+                         f"{preset.model.num_classes} classes")
+    model.classes = list(classes if classes is not None else preset.classes)
+    model.preset = preset
+    if str(device) != "meta":
+        model = model.to(device=device, dtype=dtype)
+    set_msda_impl(model, msda_impl or ("op" if op_library_available() else "pytorch"))
+    return model.eval().requires_grad_(False)
+
+
+__all__ = ["CoDINO", "build_model", "op_library_available", "COCO_CLASSES"]

@@ -1,0 +1,200 @@
+"""mmdetection's SwinTransformer backbone, inference only (no dropout / drop-path).
+
+Module names follow mmdet's state_dict (``patch_embed.projection``, ``stages.N.blocks.M.attn.w_msa``,
+``stages.N.downsample.reduction``, ``normN`` ...). Feature maps whose size is not a multiple of the
+window are padded bottom/right before window attention and cropped afterwards, as mmdet does.
+Inputs must have H and W divisible by 32 (patch 4 x three 2x merges).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(window^2, window^2) index into the (2*window-1)^2 bias table, row-major (dy, dx)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    coords = coords.flatten(1)  # (2, N)
+    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), both >= 0
+    return rel[0] * (2 * window - 1) + rel[1]
+
+
+class WindowMSA(nn.Module):
+    def __init__(self, embed_dims: int, num_heads: int, window: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = window
+        self.scale = (embed_dims // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window))
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (num_windows*B, N, C); mask: (num_windows, N, N) with 0 / -100 or None."""
+        Bw, N, C = x.shape
+        qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        attn = attn + bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(-1, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        attn = attn.softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(Bw, N, C))
+
+
+class ShiftWindowMSA(nn.Module):
+    def __init__(self, embed_dims: int, num_heads: int, window: int, shift: int):
+        super().__init__()
+        self.window = window
+        self.shift = shift
+        self.w_msa = WindowMSA(embed_dims, num_heads, window)
+
+    def _partition(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        ws = self.window
+        x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(-1, ws * ws, C)
+
+    def _shift_mask(self, H: int, W: int, device) -> torch.Tensor:
+        """Attention mask of the shifted windows: 0 within one region, -100 across regions.
+
+        Regions as mmdet slices them: rows [0, H-ws), [H-ws, H-shift), [H-shift, H), same for
+        columns; region id = 3 * row_region + col_region.
+        """
+        ws, s = self.window, self.shift
+        rows = torch.arange(H, device=device)
+        cols = torch.arange(W, device=device)
+        row_region = (rows >= H - ws).long() + (rows >= H - s).long()
+        col_region = (cols >= W - ws).long() + (cols >= W - s).long()
+        region = (row_region[:, None] * 3 + col_region[None, :]).float()
+        windows = self._partition(region[None, :, :, None]).squeeze(-1)  # (nW, N)
+        diff = windows[:, None, :] - windows[:, :, None]
+        return torch.where(diff != 0, torch.full_like(diff, -100.0), torch.zeros_like(diff))
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        B, L, C = x.shape
+        H, W = hw
+        ws = self.window
+        x = x.view(B, H, W, C)
+        pad_r = (ws - W % ws) % ws
+        pad_b = (ws - H % ws) % ws
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = x.shape[1], x.shape[2]
+        if self.shift > 0:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            mask = self._shift_mask(Hp, Wp, x.device).to(x.dtype)
+        else:
+            mask = None
+        out = self.w_msa(self._partition(x), mask)
+        out = out.view(B, Hp // ws, Wp // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+        if self.shift > 0:
+            out = torch.roll(out, shifts=(self.shift, self.shift), dims=(1, 2))
+        return out[:, :H, :W, :].reshape(B, H * W, C)
+
+
+class SwinFFN(nn.Module):
+    """mmcv FFN layout: ``layers.0.0`` (fc1) + GELU, ``layers.1`` (fc2); identity added by caller."""
+
+    def __init__(self, embed_dims: int, hidden: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Sequential(nn.Linear(embed_dims, hidden), nn.GELU()),
+                                    nn.Linear(hidden, embed_dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, embed_dims: int, num_heads: int, hidden: int, window: int, shift: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.attn = ShiftWindowMSA(embed_dims, num_heads, window, window // 2 if shift else 0)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.ffn = SwinFFN(embed_dims, hidden)
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), hw)
+        return x + self.ffn(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood -> 4C channels in nn.Unfold order (c, ky, kx), LayerNorm, Linear to 2C."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * in_channels)
+        self.reduction = nn.Linear(4 * in_channels, out_channels, bias=False)
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        B, L, C = x.shape
+        H, W = hw
+        x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 5, 2, 4).reshape(B, (H // 2) * (W // 2), 4 * C)
+        return self.reduction(self.norm(x)), (H // 2, W // 2)
+
+
+class SwinStage(nn.Module):
+    def __init__(self, embed_dims: int, num_heads: int, hidden: int, depth: int, window: int,
+                 downsample: PatchMerging | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(SwinBlock(embed_dims, num_heads, hidden, window, shift=i % 2 == 1)
+                                    for i in range(depth))
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]):
+        for block in self.blocks:
+            x = block(x, hw)
+        if self.downsample is None:
+            return x, hw, x, hw
+        x_down, hw_down = self.downsample(x, hw)
+        return x_down, hw_down, x, hw
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, embed_dims: int, patch_size: int):
+        super().__init__()
+        self.projection = nn.Conv2d(3, embed_dims, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dims)
+
+    def forward(self, x: torch.Tensor):
+        x = self.projection(x)
+        hw = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), hw
+
+
+class SwinTransformer(nn.Module):
+    """Swin backbone (no absolute position embedding, as in the Co-DINO configs)."""
+
+    def __init__(self, embed_dims: int = 192, depths: Sequence[int] = (2, 2, 18, 2),
+                 num_heads: Sequence[int] = (6, 12, 24, 48), window_size: int = 12,
+                 mlp_ratio: int = 4, patch_size: int = 4, out_indices: Sequence[int] = (0, 1, 2, 3)):
+        super().__init__()
+        self.out_indices = tuple(out_indices)
+        self.patch_embed = PatchEmbed(embed_dims, patch_size)
+        self.stages = nn.ModuleList()
+        channels = embed_dims
+        self.num_features = [embed_dims * 2 ** i for i in range(len(depths))]
+        for i, depth in enumerate(depths):
+            down = PatchMerging(channels, 2 * channels) if i < len(depths) - 1 else None
+            self.stages.append(SwinStage(channels, num_heads[i], mlp_ratio * channels, depth, window_size, down))
+            if down is not None:
+                channels *= 2
+        for i in self.out_indices:
+            self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self.out_channels = [self.num_features[i] for i in self.out_indices]
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x, hw = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x, hw, out, out_hw = stage(x, hw)
+            if i in self.out_indices:
+                out = getattr(self, f"norm{i}")(out)
+                outs.append(out.view(-1, out_hw[0], out_hw[1], self.num_features[i]).permute(0, 3, 1, 2).contiguous())
+        return outs
