@@ -1,0 +1,26 @@
+// Input validation shared by the CPU and CUDA kernels of codetr::ms_deform_attn(_backward).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "ms_deform_attn/ms_deform_attn.h"
+
+namespace codetr {
+
+struct MsDeformAttnProblem {
+  msda::Sizes sizes;
+  msda::LevelShapes levels;
+};
+
+// Checks ranks, sizes, spatial_shapes, dtypes and devices; errors name the argument and the
+// expected shape. `op` prefixes the messages.
+MsDeformAttnProblem check_ms_deform_attn_inputs(const char* op, const at::Tensor& value,
+                                                at::IntArrayRef spatial_shapes,
+                                                const at::Tensor& sampling_locations,
+                                                const at::Tensor& attention_weights);
+
+// grad_output must be (B, Q, H*D), value's dtype and device.
+void check_ms_deform_attn_grad_output(const at::Tensor& grad_output, const at::Tensor& value,
+                                      const msda::Sizes& sizes);
+
+}  // namespace codetr

@@ -1,0 +1,305 @@
+"""codetr::ms_deform_attn (C++/CUDA op) against the fp64 grid_sample reference, autograd,
+fake/export/compile tracing and input validation. CUDA tests skip without a GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codetr import ops
+from codetr.ops import ms_deform_attn, ms_deform_attn_pytorch
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ONE_LEVEL = [(7, 5)]
+FIVE_LEVELS = [(13, 9), (7, 5), (4, 3), (2, 2), (1, 1)]  # odd sizes, down to a single pixel
+
+
+def make_case(levels, B=2, Q=11, H=2, D=32, P=4, dtype=torch.float32, coord_dtype=None,
+              device="cpu", seed=0):
+    """Random inputs; ~1/4 of the locations fall outside the unit square (partly or fully off the map)."""
+    g = torch.Generator().manual_seed(seed)
+    S = sum(h * w for h, w in levels)
+    L = len(levels)
+    coord_dtype = coord_dtype or dtype
+    value = torch.randn(B, S, H, D, generator=g, dtype=torch.float64)
+    loc = torch.rand(B, Q, H, L, P, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    attn = torch.rand(B, Q, H, L * P, generator=g, dtype=torch.float64).softmax(-1).view(B, Q, H, L, P)
+    return (value.to(device=device, dtype=dtype), loc.to(device=device, dtype=coord_dtype),
+            attn.to(device=device, dtype=coord_dtype))
+
+
+def reference(value, levels, loc, attn):
+    """fp64 grid_sample reference on the CPU, computed from the (possibly rounded) inputs."""
+    return ms_deform_attn_pytorch(value.cpu().double(), levels, loc.cpu().double(), attn.cpu().double())
+
+
+def rel_err(out, ref):
+    out = out.detach().cpu().double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+# ---- forward ----------------------------------------------------------------------------------
+
+CPU_TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.mark.parametrize("levels", [ONE_LEVEL, FIVE_LEVELS], ids=["L1", "L5"])
+@pytest.mark.parametrize("P", [1, 4])
+@pytest.mark.parametrize("D", [32, 64])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_forward_cpu_matches_reference(levels, P, D, dtype):
+    value, loc, attn = make_case(levels, P=P, D=D, dtype=dtype, seed=P * 100 + D)
+    out = ms_deform_attn(value, levels, loc, attn)
+    assert out.shape == (2, 11, 2 * D) and out.dtype == dtype
+    assert rel_err(out, reference(value, levels, loc, attn)) <= CPU_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype,coord_dtype", [(torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
+                                               (torch.float16, torch.float32), (torch.bfloat16, torch.float32),
+                                               (torch.float64, torch.float32)], ids=str)
+def test_forward_cpu_half_types_and_fp32_coordinates(dtype, coord_dtype):
+    value, loc, attn = make_case(FIVE_LEVELS, dtype=dtype, coord_dtype=coord_dtype)
+    out = ms_deform_attn(value, FIVE_LEVELS, loc, attn)
+    assert out.dtype == dtype
+    assert rel_err(out, reference(value, FIVE_LEVELS, loc, attn)) <= CPU_TOL[dtype]
+
+
+def test_points_outside_the_map_give_zero():
+    value, loc, attn = make_case(FIVE_LEVELS)
+    far = loc.clone()
+    far[..., 0] = 1.6  # x beyond the right edge on every level (pixel >= w)
+    assert torch.equal(ms_deform_attn(value, FIVE_LEVELS, far, attn), torch.zeros(2, 11, 64))
+
+
+def test_non_contiguous_inputs():
+    value, loc, attn = make_case(FIVE_LEVELS, B=2, H=2, D=32)
+    value_nc = value.transpose(2, 3).contiguous().transpose(2, 3)
+    loc_nc = loc.transpose(1, 4).contiguous().transpose(1, 4)
+    attn_nc = attn.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not (value_nc.is_contiguous() or loc_nc.is_contiguous() or attn_nc.is_contiguous())
+    torch.testing.assert_close(ms_deform_attn(value_nc, FIVE_LEVELS, loc_nc, attn_nc),
+                               ms_deform_attn(value, FIVE_LEVELS, loc, attn), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("B,Q", [(0, 5), (2, 0)])
+def test_empty_batch_or_queries(B, Q):
+    value, loc, attn = make_case(ONE_LEVEL, B=max(B, 1), Q=max(Q, 1))
+    value, loc, attn = value[:B], loc[:B, :Q], attn[:B, :Q]
+    out = ms_deform_attn(value, ONE_LEVEL, loc, attn)
+    assert out.shape == (B, Q, 64)
+
+
+def test_tensor_spatial_shapes_are_accepted_by_the_wrapper():
+    value, loc, attn = make_case(FIVE_LEVELS)
+    torch.testing.assert_close(ms_deform_attn(value, torch.tensor(FIVE_LEVELS), loc, attn),
+                               ms_deform_attn(value, FIVE_LEVELS, loc, attn), rtol=0, atol=0)
+
+
+# ---- backward ---------------------------------------------------------------------------------
+
+def test_gradcheck_fp64():
+    levels = [(3, 4), (2, 3)]
+    value, loc, attn = make_case(levels, B=2, Q=3, H=2, D=3, P=2, dtype=torch.float64, seed=7)
+    inputs = [t.clone().requires_grad_() for t in (value, loc, attn)]
+    assert torch.autograd.gradcheck(lambda v, l, a: ms_deform_attn(v, levels, l, a), inputs,
+                                    eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_backward_cpu_matches_reference_autograd(dtype):
+    grads, ref_grads = backward_pair(FIVE_LEVELS, dtype, dtype, "cpu", D=32)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for name, got, want in zip(("value", "loc", "attn"), grads, ref_grads):
+        assert rel_err(got, want) <= tol, name
+
+
+def backward_pair(levels, dtype, coord_dtype, device, D=32, seed=3):
+    """(op gradients on `device`, fp64 reference gradients through grid_sample on the CPU)."""
+    value, loc, attn = make_case(levels, D=D, dtype=dtype, coord_dtype=coord_dtype, device=device, seed=seed)
+    grad_out = torch.randn(2, 11, 2 * D, generator=torch.Generator().manual_seed(seed + 1),
+                           dtype=torch.float64).to(device=device, dtype=dtype)
+    inputs = [t.clone().requires_grad_() for t in (value, loc, attn)]
+    ms_deform_attn(inputs[0], levels, inputs[1], inputs[2]).backward(grad_out)
+    ref_inputs = [t.detach().cpu().double().requires_grad_() for t in (value, loc, attn)]
+    ms_deform_attn_pytorch(ref_inputs[0], levels, ref_inputs[1], ref_inputs[2]).backward(grad_out.cpu().double())
+    for got, t in zip(inputs, (value, loc, attn)):
+        assert got.grad.dtype == t.dtype and got.grad.device == t.device
+    return [t.grad for t in inputs], [t.grad for t in ref_inputs]
+
+
+def test_backward_op_direct_call_shapes():
+    from codetr import _C  # noqa: F401
+    value, loc, attn = make_case(ONE_LEVEL)
+    gv, gl, ga = torch.ops.codetr.ms_deform_attn_backward(torch.ones(2, 11, 64), value, [7, 5], loc, attn)
+    assert gv.shape == value.shape and gl.shape == loc.shape and ga.shape == attn.shape
+
+
+# ---- fake impl, export, compile ---------------------------------------------------------------
+
+class MSDA(torch.nn.Module):
+    def __init__(self, levels):
+        super().__init__()
+        self.levels = levels
+
+    def forward(self, value, loc, attn):
+        return ms_deform_attn(value, self.levels, loc, attn) * 2.0
+
+
+def test_fake_tensor_shapes_and_dtypes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        value, loc, attn = (torch.empty(3, 35, 2, 16, dtype=torch.float16),
+                            torch.empty(3, 9, 2, 1, 4, 2), torch.empty(3, 9, 2, 1, 4))
+        out = ms_deform_attn(value, ONE_LEVEL, loc, attn)
+        assert out.shape == (3, 9, 32) and out.dtype == torch.float16
+        gv, gl, ga = torch.ops.codetr.ms_deform_attn_backward(torch.empty(3, 9, 32, dtype=torch.float16),
+                                                              value, [7, 5], loc, attn)
+        assert (gv.shape, gl.shape, ga.shape) == (value.shape, loc.shape, attn.shape)
+        assert gl.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic_q_and_batch"])
+def test_export_runs_and_matches_eager(dynamic):
+    module = MSDA(FIVE_LEVELS)
+    args = make_case(FIVE_LEVELS, B=2, Q=11)
+    shapes = None
+    if dynamic:
+        q, b = torch.export.Dim("q", min=2), torch.export.Dim("b", min=2)
+        shapes = ({0: b}, {0: b, 1: q}, {0: b, 1: q})
+    exported = torch.export.export(module, args, dynamic_shapes=shapes)
+    assert any(n.target is torch.ops.codetr.ms_deform_attn.default for n in exported.graph.nodes)
+    torch.testing.assert_close(exported.module()(*args), module(*args), rtol=0, atol=0)
+    if dynamic:
+        other = make_case(FIVE_LEVELS, B=3, Q=17, seed=5)
+        torch.testing.assert_close(exported.module()(*other), module(*other), rtol=0, atol=0)
+
+
+def test_compile_fullgraph_forward_and_backward():
+    module = MSDA(FIVE_LEVELS)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    value, loc, attn = make_case(FIVE_LEVELS)
+    inputs = [t.clone().requires_grad_() for t in (value, loc, attn)]
+    eager_inputs = [t.clone().requires_grad_() for t in (value, loc, attn)]
+    out = compiled(*inputs)
+    eager = module(*eager_inputs)
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    out.sum().backward()
+    eager.sum().backward()
+    for a, b in zip(inputs, eager_inputs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def call_op(value, shapes, loc, attn):
+    from codetr import _C  # noqa: F401
+    return torch.ops.codetr.ms_deform_attn(value, shapes, loc, attn)
+
+
+BAD_INPUTS = {
+    "value_rank": (lambda v, l, a: (v[0], [7, 5], l, a), r"value must be 4-D \(B, S, H, D\)"),
+    "loc_rank": (lambda v, l, a: (v, [7, 5], l[..., 0], a), r"sampling_locations must be 6-D"),
+    "attn_rank": (lambda v, l, a: (v, [7, 5], l, a[..., 0]), r"attention_weights must be 5-D"),
+    "batch": (lambda v, l, a: (v[:1], [7, 5], l, a), r"sampling_locations must be \(B=1, Q, H=2"),
+    "heads": (lambda v, l, a: (v, [7, 5], l[:, :, :1], a[:, :, :1]), r"sampling_locations must be \(B=2, Q, H=2"),
+    "last_dim": (lambda v, l, a: (v, [7, 5], torch.cat([l, l[..., :1]], -1), a), r"L, P, 2\)"),
+    "attn_points": (lambda v, l, a: (v, [7, 5], l, a[..., :2]), r"attention_weights must be \(B, Q, H, L, P\)"),
+    "attn_queries": (lambda v, l, a: (v, [7, 5], l, a[:, :3]), r"attention_weights must be \(B, Q, H, L, P\)"),
+    "shapes_odd": (lambda v, l, a: (v, [7, 5, 1], l, a), r"spatial_shapes must be a flat list .* even length"),
+    "shapes_levels": (lambda v, l, a: (v, [7, 4, 1, 1], l, a), r"spatial_shapes has 2 levels .* L=1"),
+    "shapes_negative": (lambda v, l, a: (v, [-7, -5], l, a), r"h > 0 and w > 0, got \(-7, -5\)"),
+    "shapes_zero": (lambda v, l, a: (v, [0, 5], l, a), r"h > 0 and w > 0"),
+    "shapes_sum": (lambda v, l, a: (v, [6, 5], l, a), r"S = sum\(h\*w\) over spatial_shapes = 30, got S=35"),
+    "dtype_mix": (lambda v, l, a: (v, [7, 5], l, a.double()), r"same dtype, got Float and Double"),
+    "coord_dtype": (lambda v, l, a: (v.double(), [7, 5], l.half(), a.half()), r"value's dtype \(Double\) or float32"),
+    "value_dtype": (lambda v, l, a: (v.int(), [7, 5], l, a), r"value must be float32, float16, bfloat16 or float64"),
+    "device_mix": (lambda v, l, a: (v, [7, 5], l.to("meta"), a), r"all tensors must be on one device"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_is_rejected_with_a_clear_message(case):
+    make_bad, pattern = BAD_INPUTS[case]
+    value, loc, attn = make_case(ONE_LEVEL, B=2, Q=5, H=2, D=8)
+    with pytest.raises(RuntimeError, match=pattern):
+        call_op(*make_bad(value, loc, attn))
+
+
+def test_bad_grad_output_is_rejected():
+    from codetr import _C  # noqa: F401
+    value, loc, attn = make_case(ONE_LEVEL, B=2, Q=5, H=2, D=8)
+    with pytest.raises(RuntimeError, match=r"grad_output must be \(B, Q, H\*D\) = \[2, 5, 16\]"):
+        torch.ops.codetr.ms_deform_attn_backward(torch.ones(2, 5, 15), value, [7, 5], loc, attn)
+
+
+def test_missing_library_names_the_build_command(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    env = {"CODETR_OPS_LIBRARY": str(tmp_path / "nope.so"), "PYTHONPATH": str(ops.__file__.rsplit("/codetr/", 1)[0])}
+    result = subprocess.run([sys.executable, "-c", "import codetr._C"], capture_output=True, text=True,
+                            env={**__import__("os").environ, **env})
+    assert result.returncode != 0 and "tools/build.sh" in result.stderr and "nope.so" in result.stderr
+
+
+# ---- CUDA -------------------------------------------------------------------------------------
+
+CUDA_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+CUDA_GRAD_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float64: 1e-10}
+CUDA_DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
+               (torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float64, torch.float64)]
+
+
+@cuda
+@pytest.mark.parametrize("dtype,coord_dtype", CUDA_DTYPES, ids=str)
+@pytest.mark.parametrize("levels", [ONE_LEVEL, FIVE_LEVELS], ids=["L1", "L5"])
+@pytest.mark.parametrize("P", [1, 4])
+@pytest.mark.parametrize("D", [32, 64, 24])
+def test_forward_cuda_matches_reference(dtype, coord_dtype, levels, P, D):
+    value, loc, attn = make_case(levels, P=P, D=D, dtype=dtype, coord_dtype=coord_dtype, device="cuda",
+                                 seed=P + D)
+    out = ms_deform_attn(value, levels, loc, attn)
+    assert out.dtype == dtype and out.device.type == "cuda"
+    assert rel_err(out, reference(value, levels, loc, attn)) <= CUDA_TOL[dtype]
+
+
+@cuda
+@pytest.mark.parametrize("dtype,coord_dtype", CUDA_DTYPES, ids=str)
+@pytest.mark.parametrize("D", [32, 24])
+def test_backward_cuda_matches_reference(dtype, coord_dtype, D):
+    grads, ref_grads = backward_pair(FIVE_LEVELS, dtype, coord_dtype, "cuda", D=D)
+    for name, got, want in zip(("value", "loc", "attn"), grads, ref_grads):
+        assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], name
+
+
+@cuda
+def test_cuda_non_contiguous_and_empty():
+    value, loc, attn = make_case(FIVE_LEVELS, device="cuda")
+    out = ms_deform_attn(value.transpose(2, 3).contiguous().transpose(2, 3), FIVE_LEVELS, loc, attn)
+    assert rel_err(out, reference(value, FIVE_LEVELS, loc, attn)) <= 1e-5
+    assert ms_deform_attn(value[:0], FIVE_LEVELS, loc[:0], attn[:0]).shape == (0, 11, 64)
+
+
+@cuda
+def test_cuda_device_mix_is_rejected():
+    value, loc, attn = make_case(ONE_LEVEL, device="cuda")
+    with pytest.raises(RuntimeError, match="all tensors must be on one device"):
+        call_op(value, [7, 5], loc.cpu(), attn)
+
+
+@cuda
+def test_cuda_graph_capture_and_replay():
+    value, loc, attn = make_case(FIVE_LEVELS, device="cuda", dtype=torch.float16, coord_dtype=torch.float32)
+    ms_deform_attn(value, FIVE_LEVELS, loc, attn)  # load and warm up outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = ms_deform_attn(value, FIVE_LEVELS, loc, attn)
+    torch.cuda.current_stream().wait_stream(stream)
+    new_value, new_loc, new_attn = make_case(FIVE_LEVELS, device="cuda", dtype=torch.float16,
+                                             coord_dtype=torch.float32, seed=11)
+    value.copy_(new_value), loc.copy_(new_loc), attn.copy_(new_attn)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(out, reference(new_value, FIVE_LEVELS, new_loc, new_attn)) <= 2e-3
