@@ -34,9 +34,6 @@ DROPPED_KEY_PREFIXES: Tuple[str, ...] = (
     "query_head.downsample.",                   # extra level fed to the auxiliary heads
     "query_head.transformer.aux_pos_trans.",    # auxiliary-query positional projections
     "query_head.transformer.aux_pos_trans_norm.",
-    "query_head.transformer.pos_feats_trans.",
-    "query_head.transformer.pos_feats_norm.",
-    "query_head.transformer.head_pos_embed.",
 )
 
 
