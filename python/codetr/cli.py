@@ -1,0 +1,92 @@
+"""`codetr` console script (also `python -m codetr`). Subcommands: export.
+
+Exit codes: 0 success, 2 bad request (the message says what to change), 1 unexpected failure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+
+def _add_export_parser(subparsers) -> None:
+    from codetr.export import DEFAULT_HEIGHT, DEFAULT_OPSET, DEFAULT_WIDTH, DTYPES, FORMATS
+    from codetr.presets import PRESETS
+
+    p = subparsers.add_parser(
+        "export", help="export a preset to an AOTInductor package (.pt2) or ONNX file + model.json",
+        description="Export a Co-DINO preset to DIR/model.pt2 (AOTInductor, run by codetr-detect) or "
+                    "DIR/model.onnx, plus DIR/model.json (pre/post-processing for the runtime).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", required=True, help="one of: " + ", ".join(PRESETS))
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="mmdet .pth / state_dict .pth / .safetensors (absent: RANDOM weights, with a warning)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="output directory")
+    p.add_argument("--format", choices=FORMATS, default="aoti")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device the engine runs on")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype")
+    p.add_argument("--height", type=int, default=DEFAULT_HEIGHT, help="static input height (multiple of 32)")
+    p.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="static input width (multiple of 32)")
+    p.add_argument("--batch", type=int, default=1, help="static batch size")
+    p.add_argument("--dynamic", action="store_true", help="dynamic H and W (multiples of 32) in a range")
+    for side in ("height", "width"):
+        p.add_argument(f"--min-{side}", type=int, default=None)
+        p.add_argument(f"--max-{side}", type=int, default=None)
+    p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch in [--min-batch, --max-batch]")
+    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=None)
+    p.add_argument("--onnx-msda-op", action="store_true",
+                   help="ONNX only: one codetr::MultiScaleDeformableAttention node per MSDA "
+                        "(TensorRT plugin path) instead of the plugin-free GridSample lowering")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 16)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from codetr.export import ExportOptions, export
+
+    opts = ExportOptions(
+        preset=args.preset, output=args.output, checkpoint=args.checkpoint, device=args.device,
+        dtype=args.dtype, height=args.height, width=args.width, batch=args.batch, dynamic=args.dynamic,
+        min_height=args.min_height, max_height=args.max_height, min_width=args.min_width,
+        max_width=args.max_width, dynamic_batch=args.dynamic_batch, min_batch=args.min_batch,
+        max_batch=args.max_batch, format=args.format, onnx_msda_op=args.onnx_msda_op, opset=args.opset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = _show_warning
+        result = export(opts)
+    total = sum(result["timings"].values())
+    print(f"[codetr export] finished in {total:.1f} s: {result['engine']}")
+    return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message)
+    if "RANDOM weights" in text:
+        print(f"\n{'!' * 78}\n!! WARNING: {text}\n{'!' * 78}\n", file=sys.stderr)
+    elif "codetr" in filename:
+        print(f"[codetr export] WARNING: {text}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codetr", description="Co-DETR (Co-DINO) tools")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_export_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from codetr.export import ExportError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ExportError as exc:
+        print(f"codetr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

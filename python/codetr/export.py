@@ -1,0 +1,390 @@
+"""`codetr export`: a Co-DINO preset -> an engine file + model.json.
+
+Engines:
+* ``aoti`` (default): ``torch.export`` + ``torch._inductor.aoti_compile_and_package`` -> model.pt2,
+  run by the C++ runtime (``codetr-detect``) through libtorch's AOTIModelPackageLoader. MSDA stays
+  the custom op ``codetr::ms_deform_attn`` so the runtime calls our C++/CUDA kernel.
+* ``onnx``: see :mod:`codetr.onnx_export` (MSDA lowered to GridSample, or one custom node).
+
+The engine runs the model proper (engine contract: images (B,3,H,W) normalised [, masks (B,H,W)
+bool, True = padding] -> boxes (B,300,4) float32 xyxy in input pixels, scores (B,300) float32,
+labels (B,300) int64). Pre- and post-processing are described in model.json and run by the runtime.
+
+Resize rule written into model.json (what a user of mmdet expects, bounded by the engine):
+* dynamic engine: the preset's own rule (mmcv keep-ratio rescale to scale=(long, short), pad to a
+  multiple of 32, or the preset's fixed pad size) — identical to mmdet's test pipeline as long as
+  the padded image lies inside the exported H/W range (the export warns when it cannot).
+* static H x W engine: scale = (min(preset_long, max(H, W)), min(preset_short, min(H, W))) and pad
+  to exactly (H, W). For images of the engine's orientation (landscape image, W >= H engine) this is
+  mmdet's rule capped at the engine size, so the resized image always fits. An image of the other
+  orientation can come out larger than the engine along one side; the runtime must then scale it
+  down further to fit (see "fit" in model.json's resize block: "engine_size").
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from codetr import __version__
+from codetr.modeljson import FORMAT_VERSION, MODEL_JSON, SIZE_MULTIPLE, io_spec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FORMATS = ("aoti", "onnx")
+DEFAULT_OPSET = 18
+# Static default: the 1333x800 mmdet scale rounded up to the size multiple (landscape).
+DEFAULT_HEIGHT, DEFAULT_WIDTH = 800, 1344
+
+
+class ExportError(RuntimeError):
+    """An export request that cannot be honoured; the message says why and what to do."""
+
+
+@dataclass
+class ExportOptions:
+    preset: Any  # a preset name or a codetr.presets.Preset (e.g. a reduced variant)
+    output: Path
+    checkpoint: Optional[Path] = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    height: int = DEFAULT_HEIGHT
+    width: int = DEFAULT_WIDTH
+    batch: int = 1
+    dynamic: bool = False
+    min_height: Optional[int] = None
+    max_height: Optional[int] = None
+    min_width: Optional[int] = None
+    max_width: Optional[int] = None
+    dynamic_batch: bool = False
+    min_batch: int = 1
+    max_batch: Optional[int] = None
+    format: str = "aoti"
+    onnx_msda_op: bool = False
+    opset: int = DEFAULT_OPSET
+    # Keyword arguments forwarded to codetr.build_model (e.g. reduced-size config overrides).
+    build_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Reject option combinations that cannot be exported, before any work is done."""
+        if self.format not in FORMATS:
+            raise ExportError(f"unknown --format {self.format!r}; choose one of {list(FORMATS)}")
+        if self.dtype not in DTYPES:
+            raise ExportError(f"unknown --dtype {self.dtype!r}; choose one of {list(DTYPES)}")
+        if self.device not in ("cpu", "cuda"):
+            raise ExportError(f"unknown --device {self.device!r}; choose cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ExportError("--device cuda requested but no CUDA GPU is available to this torch "
+                              f"(torch {torch.__version__}, cuda build {torch.version.cuda}); "
+                              "export with --device cpu or run on a GPU machine")
+        if self.onnx_msda_op and self.format != "onnx":
+            raise ExportError("--onnx-msda-op only applies to --format onnx")
+        if self.batch < 1:
+            raise ExportError(f"--batch must be >= 1, got {self.batch}")
+        if self.dynamic:
+            for name in ("min_height", "max_height", "min_width", "max_width"):
+                if getattr(self, name) is None:
+                    raise ExportError(f"--dynamic needs --{name.replace('_', '-')}")
+            for lo, hi, what in ((self.min_height, self.max_height, "height"),
+                                 (self.min_width, self.max_width, "width")):
+                _check_multiple(f"--min-{what}", lo)
+                _check_multiple(f"--max-{what}", hi)
+                if lo > hi:
+                    raise ExportError(f"--min-{what} {lo} is larger than --max-{what} {hi}")
+        else:
+            _check_multiple("--height", self.height)
+            _check_multiple("--width", self.width)
+        if self.dynamic_batch:
+            if self.max_batch is None or not 1 <= self.min_batch < self.max_batch or self.max_batch < 2:
+                raise ExportError("dynamic batch needs 1 <= --min-batch < --max-batch "
+                                  f"(got {self.min_batch}, {self.max_batch})")
+
+
+def _check_multiple(flag: str, value: int) -> None:
+    if value is None or value <= 0 or value % SIZE_MULTIPLE != 0:
+        raise ExportError(f"{flag} must be a positive multiple of {SIZE_MULTIPLE}, got {value} "
+                          f"(the backbone downsamples by {SIZE_MULTIPLE}; "
+                          f"e.g. round up to {max(SIZE_MULTIPLE, math.ceil((value or 0) / SIZE_MULTIPLE) * SIZE_MULTIPLE)})")
+
+
+class Progress:
+    """Progress lines with timings: `[codetr export] tracing ... done (12.3 s)`."""
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.log = log
+        self.timings: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        self.log(f"[codetr export] {name} ...")
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.timings[name] = elapsed
+        self.log(f"[codetr export] {name} done ({elapsed:.1f} s)")
+
+
+class EngineModule(nn.Module):
+    """Exactly the engine's inputs -> (boxes, scores, labels); what gets traced."""
+
+    def __init__(self, model: nn.Module, uses_mask: bool):
+        super().__init__()
+        self.model = model
+        self.uses_mask = uses_mask
+
+    def forward(self, images: torch.Tensor, masks: Optional[torch.Tensor] = None):
+        boxes, scores, labels = self.model(images, masks if self.uses_mask else None)
+        return boxes, scores, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# preset -> model + metadata
+# ----------------------------------------------------------------------------------------------
+def resolve_preset(preset: Any):
+    """Preset name or object -> codetr.presets.Preset; unknown name -> ExportError listing the valid ones."""
+    from codetr import presets
+
+    if isinstance(preset, presets.Preset):
+        return preset
+    if preset not in presets.PRESETS:
+        raise ExportError(f"unknown preset {preset!r}; valid presets:\n  " + "\n  ".join(presets.PRESETS))
+    return presets.PRESETS[preset]
+
+
+def build_export_model(opts: ExportOptions) -> nn.Module:
+    """codetr.build_model for the export; checkpoint problems surface as ExportError."""
+    from codetr.models import build_model
+
+    if opts.checkpoint is None:
+        warnings.warn("no --checkpoint given: exporting RANDOM weights. The engine will run but its "
+                      "detections are meaningless; pass --checkpoint for a real model.", stacklevel=2)
+    elif not Path(opts.checkpoint).is_file():
+        raise ExportError(f"--checkpoint {opts.checkpoint}: no such file")
+    preset = resolve_preset(opts.preset)
+    try:
+        model = build_model(preset, checkpoint=opts.checkpoint, device=opts.device,
+                            dtype=DTYPES[opts.dtype], **opts.build_kwargs)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        if opts.checkpoint is not None:
+            raise ExportError(f"--checkpoint {opts.checkpoint} does not fit preset {preset.name!r}: {exc}") from exc
+        raise ExportError(f"building preset {preset.name!r} failed: {exc}") from exc
+    return model.eval()
+
+
+def uses_padding_mask(meta: Dict[str, Any]) -> bool:
+    return meta["preprocess"]["mask"] == "padding"
+
+
+# ----------------------------------------------------------------------------------------------
+# shapes
+# ----------------------------------------------------------------------------------------------
+def example_size(opts: ExportOptions) -> Tuple[int, int, int]:
+    """(B, H, W) of the trace inputs. Dynamic dims get example values that are not 0/1 and not the
+    bounds, so torch.export does not specialise them."""
+    if opts.dynamic:
+        h = _inside(opts.min_height, opts.max_height)
+        w = _inside(opts.min_width, opts.max_width)
+    else:
+        h, w = opts.height, opts.width
+    b = max(2, opts.min_batch) if opts.dynamic_batch else opts.batch
+    return b, h, w
+
+
+def _inside(lo: int, hi: int) -> int:
+    """The multiple of 32 halfway between lo and hi: away from the bounds and from tiny sizes
+    whose 1x1 feature maps torch.export would specialise on."""
+    return max(lo, min(hi, (lo + hi) // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE))
+
+
+def example_inputs(opts: ExportOptions, uses_mask: bool) -> Tuple[torch.Tensor, ...]:
+    b, h, w = example_size(opts)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(b, 3, h, w, generator=gen).to(opts.device, DTYPES[opts.dtype])
+    if not uses_mask:
+        return (images,)
+    masks = torch.zeros(b, h, w, dtype=torch.bool, device=opts.device)
+    return images, masks
+
+
+def dynamic_shapes_spec(opts: ExportOptions, uses_mask: bool) -> Optional[Dict[str, Dict[int, Any]]]:
+    """torch.export dynamic_shapes: H, W as 32 * Dim, batch as Dim (when asked)."""
+    if not opts.dynamic and not opts.dynamic_batch:
+        return None
+    Dim = torch.export.Dim
+    images: Dict[int, Any] = {}
+    masks: Dict[int, Any] = {}
+    if opts.dynamic_batch:
+        batch = Dim("batch", min=opts.min_batch, max=opts.max_batch)
+        images[0] = masks[0] = batch
+    if opts.dynamic:
+        h32 = Dim("h32", min=opts.min_height // SIZE_MULTIPLE, max=opts.max_height // SIZE_MULTIPLE)
+        w32 = Dim("w32", min=opts.min_width // SIZE_MULTIPLE, max=opts.max_width // SIZE_MULTIPLE)
+        images[2] = masks[1] = SIZE_MULTIPLE * h32
+        images[3] = masks[2] = SIZE_MULTIPLE * w32
+    spec = {"images": images or None}
+    if uses_mask:
+        spec["masks"] = masks or None
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------
+# model.json
+# ----------------------------------------------------------------------------------------------
+def engine_resize(opts: ExportOptions, meta_pre: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(resize, pad) blocks of model.json for this engine (rule in the module docstring)."""
+    resize = dict(meta_pre["resize"])
+    long_edge, short_edge = resize["scale"]
+    if not opts.dynamic:
+        resize["scale"] = [min(long_edge, max(opts.height, opts.width)),
+                           min(short_edge, min(opts.height, opts.width))]
+        resize["engine_size"] = [opts.height, opts.width]
+        return resize, {"size": [opts.height, opts.width]}
+    pad = dict(meta_pre["pad"])
+    if "size" in pad:
+        ph, pw = pad["size"]
+        if not (opts.min_height <= ph <= opts.max_height and opts.min_width <= pw <= opts.max_width):
+            raise ExportError(f"preset pads every image to {ph}x{pw} (HxW), outside the dynamic range "
+                              f"H [{opts.min_height}, {opts.max_height}] W [{opts.min_width}, {opts.max_width}]; "
+                              "widen the range or export a static engine")
+    else:
+        # Largest padded size the preset's rule can produce (either orientation).
+        need = math.ceil(long_edge / SIZE_MULTIPLE) * SIZE_MULTIPLE
+        if max(opts.max_height, opts.max_width) < need:
+            warnings.warn(f"dynamic range (max H {opts.max_height}, max W {opts.max_width}) is below the "
+                          f"preset's largest padded side {need}: large images will not fit the engine",
+                          stacklevel=2)
+    return resize, pad
+
+
+def build_model_json(opts: ExportOptions, meta: Dict[str, Any], classes: list, engine_file: str,
+                     inputs: list, outputs: list) -> Dict[str, Any]:
+    pre = dict(meta["preprocess"])
+    pre["resize"], pre["pad"] = engine_resize(opts, pre)
+    if opts.dynamic:
+        size = {"dynamic": True, "min_height": opts.min_height, "max_height": opts.max_height,
+                "min_width": opts.min_width, "max_width": opts.max_width}
+    else:
+        size = {"dynamic": False, "height": opts.height, "width": opts.width}
+    batch = ({"min_batch": opts.min_batch, "max_batch": opts.max_batch} if opts.dynamic_batch
+             else {"batch": opts.batch})
+    spec = {
+        "format_version": FORMAT_VERSION,
+        "preset": meta["preset"],
+        "engine": {"format": opts.format, "file": engine_file},
+        "device": opts.device,
+        "dtype": opts.dtype,
+        "torch_version": torch.__version__,
+        "codetr_version": __version__,
+        "classes": list(classes),
+        "input": {**batch, **size, "multiple": SIZE_MULTIPLE},
+        "inputs": inputs,
+        "outputs": outputs,
+        "preprocess": pre,
+        "postprocess": dict(meta["postprocess"]),
+    }
+    if opts.checkpoint is None:
+        spec["random_weights"] = True
+    return spec
+
+
+def engine_io(opts: ExportOptions, uses_mask: bool, outputs: Tuple[torch.Tensor, ...]) -> Tuple[list, list]:
+    """The "inputs"/"outputs" blocks: -1 marks a dynamic dim."""
+    b = -1 if opts.dynamic_batch else opts.batch
+    h, w = (-1, -1) if opts.dynamic else (opts.height, opts.width)
+    names, shapes, dtypes = ["images"], [[b, 3, h, w]], [opts.dtype]
+    if uses_mask:
+        names.append("masks"); shapes.append([b, h, w]); dtypes.append("bool")
+    inputs = io_spec(names, shapes, dtypes)
+    out_shapes = [[b, *o.shape[1:]] for o in outputs]
+    out_dtypes = [str(o.dtype).replace("torch.", "") for o in outputs]
+    return inputs, io_spec(["boxes", "scores", "labels"], out_shapes, out_dtypes)
+
+
+def write_model_json(out_dir: Path, spec: Dict[str, Any]) -> Path:
+    path = out_dir / MODEL_JSON
+    path.write_text(json.dumps(spec, indent=2) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+# ----------------------------------------------------------------------------------------------
+def trace(engine: nn.Module, args: Tuple[torch.Tensor, ...], dynamic_shapes) -> torch.export.ExportedProgram:
+    """torch.export.export with errors that say what to change."""
+    try:
+        with torch.no_grad():
+            return torch.export.export(engine, args, dynamic_shapes=dynamic_shapes, strict=False)
+    except torch._dynamo.exc.UserError as exc:  # e.g. a Dim range the model cannot honour
+        raise ExportError(f"torch.export rejected the dynamic shapes: {exc}") from exc
+
+
+def program_outputs(program: torch.export.ExportedProgram) -> Tuple[torch.Tensor, ...]:
+    """The (fake) output tensors of a traced program: shapes and dtypes for model.json."""
+    output_node = next(n for n in program.graph.nodes if n.op == "output")
+    return tuple(arg.meta["val"] for arg in output_node.args[0])
+
+
+def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Export `opts.preset`: DIR/model.pt2 (or model.onnx) + DIR/model.json.
+
+    Returns {"engine": path, "model_json": path, "spec": model.json dict, "timings": {...},
+    "size_bytes": int, plus format-specific counts}.
+    """
+    opts.validate()
+    meta = resolve_preset(opts.preset).to_metadata()
+    progress = Progress(log)
+    out_dir = Path(opts.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with progress.step(f"building model {meta['preset']} ({opts.dtype}, {opts.device})"):
+        model = build_export_model(opts)
+    uses_mask = uses_padding_mask(meta)
+    args = example_inputs(opts, uses_mask)
+
+    if opts.format == "onnx":
+        from codetr import onnx_export
+        engine_path, outputs, extra = onnx_export.export_onnx(opts, model, uses_mask, args, progress)
+    else:
+        engine_path, outputs, extra = export_aoti(opts, model, uses_mask, args, progress)
+
+    inputs_spec, outputs_spec = engine_io(opts, uses_mask, outputs)
+    spec = build_model_json(opts, meta, model.classes, engine_path.name, inputs_spec, outputs_spec)
+    json_path = write_model_json(out_dir, spec)
+    size_mb = engine_path.stat().st_size / 2**20
+    log(f"[codetr export] wrote {engine_path} ({size_mb:.1f} MiB) and {json_path}")
+    return {"engine": engine_path, "model_json": json_path, "spec": spec,
+            "timings": progress.timings, "size_bytes": engine_path.stat().st_size, **extra}
+
+
+def _use_msda_op(model: nn.Module) -> None:
+    """Select the custom-op MSDA (loads the op library; clear error if it is not built)."""
+    from codetr.nn import set_msda_impl
+
+    try:
+        from codetr import _C  # noqa: F401  (registers codetr::ms_deform_attn and its fake impl)
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise ExportError(f"the MSDA op library is needed for this export but could not be loaded: {exc}") from exc
+    set_msda_impl(model, "op")
+
+
+def export_aoti(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, progress: Progress):
+    _use_msda_op(model)
+    engine = EngineModule(model, uses_mask).eval()
+    with progress.step("tracing (torch.export)"):
+        program = trace(engine, args, dynamic_shapes_spec(opts, uses_mask))
+    outputs = program_outputs(program)
+    msda_nodes = sum(1 for n in program.graph.nodes
+                     if n.op == "call_function" and "codetr.ms_deform_attn" in str(n.target))
+    progress.log(f"[codetr export] graph: {len(program.graph.nodes)} nodes, "
+                 f"{msda_nodes} codetr::ms_deform_attn calls")
+    package = Path(opts.output) / "model.pt2"
+    with progress.step("compiling + packaging (AOTInductor)"):
+        torch._inductor.aoti_compile_and_package(program, package_path=str(package))
+    return package, outputs, {"msda_nodes": msda_nodes}
