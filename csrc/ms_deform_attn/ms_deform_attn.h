@@ -100,7 +100,6 @@ int cuda_channels_per_thread(int64_t head_dim, DType value_dtype);
 // Launch on `stream`; return the launch's error code (cudaSuccess == 0), never synchronise.
 int forward_cuda(const CudaArgs& args, CudaStream stream);
 int backward_cuda(const CudaArgs& args, CudaStream stream);
-const char* cuda_error_string(int error);
 
 }  // namespace msda
 }  // namespace codetr

@@ -1,0 +1,387 @@
+// CUDA kernels for multi-scale deformable attention (see ms_deform_attn.h for the contract).
+//
+// Work split: one "group" of lanes per (batch, query, head). Each lane owns V consecutive
+// channels (one 16-byte load per bilinear corner for fp16/bf16 with V = 8, fp32 with V = 4), so a
+// group of D/V lanes (rounded up to a power of two, at most 32, never straddling a warp) covers the
+// head. Every lane walks all L*P samples itself: coordinates and corner weights are recomputed
+// per lane, which costs a few FMAs and broadcast loads but needs no shuffles in the forward.
+// Coordinates, corner weights and sums are fp32 (fp64 for fp64 values).
+#include "ms_deform_attn/ms_deform_attn.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "ms_deform_attn/bilinear_sample.h"
+
+namespace codetr {
+namespace msda {
+
+namespace {
+
+constexpr int kThreadsPerBlock = 256;
+
+template <typename scalar_t>
+using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename acc_t, typename T>
+__device__ __forceinline__ acc_t to_acc(T x) {
+  if constexpr (std::is_same_v<T, double>) {
+    return static_cast<acc_t>(x);
+  } else {
+    return static_cast<acc_t>(to_float(x));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T from_acc(float x) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(x);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(x);
+  } else {
+    return static_cast<T>(x);
+  }
+}
+template <typename T>
+__device__ __forceinline__ T from_acc(double x) {
+  return static_cast<T>(x);
+}
+
+// V consecutive elements loaded/stored as one aligned vector.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+template <typename scalar_t, int V, typename acc_t>
+__device__ __forceinline__ void load_acc(const scalar_t* ptr, acc_t (&out)[V]) {
+  const Vec<scalar_t, V> vec = *reinterpret_cast<const Vec<scalar_t, V>*>(ptr);
+#pragma unroll
+  for (int i = 0; i < V; ++i) out[i] = to_acc<acc_t>(vec.v[i]);
+}
+
+// grad_value_accum[ptr .. ptr+V) += g. Hopper has 16-byte float atomics on global memory.
+template <int V, typename acc_t>
+__device__ __forceinline__ void atomic_add_vec(acc_t* ptr, const acc_t (&g)[V]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same_v<acc_t, float> && V % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < V; i += 4) {
+      atomicAdd(reinterpret_cast<float4*>(ptr + i), make_float4(g[i], g[i + 1], g[i + 2], g[i + 3]));
+    }
+  } else if constexpr (std::is_same_v<acc_t, float> && V == 2) {
+    atomicAdd(reinterpret_cast<float2*>(ptr), make_float2(g[0], g[1]));
+  } else
+#endif
+  {
+#pragma unroll
+    for (int i = 0; i < V; ++i) atomicAdd(ptr + i, g[i]);
+  }
+}
+
+struct GroupLayout {
+  int lanes_log2;  // lanes per (b, q, h) group = 1 << lanes_log2
+  int64_t num_groups;
+};
+
+template <typename scalar_t, typename coord_t, int V>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    forward_kernel(const scalar_t* __restrict__ value, const coord_t* __restrict__ sampling_locations,
+                   const coord_t* __restrict__ attention_weights, scalar_t* __restrict__ output,
+                   const Sizes sizes, const LevelShapes levels, const GroupLayout layout) {
+  using acc_t = acc_type_t<scalar_t>;
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t group = thread >> layout.lanes_log2;
+  const int lane = static_cast<int>(thread & ((1 << layout.lanes_log2) - 1));
+  const int D = static_cast<int>(sizes.head_dim);
+  const int c0 = lane * V;
+  if (group >= layout.num_groups || c0 >= D) return;  // the forward has no shuffles
+
+  const int H = static_cast<int>(sizes.num_heads);
+  const int L = static_cast<int>(sizes.num_levels);
+  const int P = static_cast<int>(sizes.num_points);
+  const int64_t b = group / (sizes.num_queries * H);
+  const int h = static_cast<int>(group % H);
+  const int64_t row_stride = static_cast<int64_t>(H) * D;
+  const scalar_t* value_bh = value + b * sizes.num_value * row_stride + h * D + c0;
+  const coord_t* loc = sampling_locations + group * L * P * 2;
+  const coord_t* attn = attention_weights + group * L * P;
+
+  acc_t acc[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) acc[i] = acc_t(0);
+
+  for (int l = 0; l < L; ++l) {
+    const int height = levels.height[l], width = levels.width[l];
+    const scalar_t* value_level = value_bh + levels.start[l] * row_stride;
+#pragma unroll 4
+    for (int p = 0; p < P; ++p) {
+      const int lp = l * P + p;
+      const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(loc[2 * lp]), to_acc<acc_t>(loc[2 * lp + 1]),
+                                                 height, width);
+      if (!s.inside) continue;
+      const acc_t a = to_acc<acc_t>(attn[lp]);
+      const acc_t corner_weight[4] = {a * (1 - s.fx) * (1 - s.fy), a * s.fx * (1 - s.fy),
+                                      a * (1 - s.fx) * s.fy, a * s.fx * s.fy};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (!s.valid[k]) continue;
+        acc_t v[V];
+        load_acc<scalar_t, V>(
+            value_level + (static_cast<int64_t>(s.y0 + k / 2) * width + s.x0 + k % 2) * row_stride, v);
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[i] += corner_weight[k] * v[i];
+      }
+    }
+  }
+  Vec<scalar_t, V> out;
+#pragma unroll
+  for (int i = 0; i < V; ++i) out.v[i] = from_acc<scalar_t>(acc[i]);
+  *reinterpret_cast<Vec<scalar_t, V>*>(output + group * D + c0) = out;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t group_sum(acc_t x, int lanes) {
+  for (int offset = lanes >> 1; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+template <typename scalar_t, typename coord_t, int V>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ value,
+                    const coord_t* __restrict__ sampling_locations,
+                    const coord_t* __restrict__ attention_weights,
+                    acc_type_t<scalar_t>* __restrict__ grad_value_accum,
+                    coord_t* __restrict__ grad_sampling_locations,
+                    coord_t* __restrict__ grad_attention_weights, const Sizes sizes,
+                    const LevelShapes levels, const GroupLayout layout) {
+  using acc_t = acc_type_t<scalar_t>;
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t group = thread >> layout.lanes_log2;
+  const int lanes = 1 << layout.lanes_log2;
+  const int lane = static_cast<int>(thread & (lanes - 1));
+  const int D = static_cast<int>(sizes.head_dim);
+  const int c0 = lane * V;
+  // Lanes past the end or past D stay for the group shuffles (every lane of a warp must reach
+  // them) but load and write nothing. Groups never straddle warps, and a warp's groups all run
+  // the same L*P iterations, so the shuffles below are never divergent.
+  const bool group_ok = group < layout.num_groups;
+  const bool lane_ok = group_ok && c0 < D;
+
+  const int H = static_cast<int>(sizes.num_heads);
+  const int L = static_cast<int>(sizes.num_levels);
+  const int P = static_cast<int>(sizes.num_points);
+  const int64_t safe_group = group_ok ? group : 0;
+  const int64_t b = safe_group / (sizes.num_queries * H);
+  const int h = static_cast<int>(safe_group % H);
+  const int64_t row_stride = static_cast<int64_t>(H) * D;
+  const int64_t value_offset = b * sizes.num_value * row_stride + h * D + c0;
+  const coord_t* loc = sampling_locations + safe_group * L * P * 2;
+  const coord_t* attn = attention_weights + safe_group * L * P;
+
+  acc_t grad_out[V];
+  if (lane_ok) {
+    load_acc<scalar_t, V>(grad_output + safe_group * D + c0, grad_out);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) grad_out[i] = acc_t(0);
+  }
+
+  for (int l = 0; l < L; ++l) {
+    const int height = levels.height[l], width = levels.width[l];
+    const int64_t level_offset = value_offset + levels.start[l] * row_stride;
+    for (int p = 0; p < P; ++p) {
+      const int lp = l * P + p;
+      const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(loc[2 * lp]), to_acc<acc_t>(loc[2 * lp + 1]),
+                                                 height, width);
+      const acc_t a = to_acc<acc_t>(attn[lp]);
+      acc_t grad_a = 0, grad_fx = 0, grad_fy = 0;
+      if (lane_ok && s.inside) {
+        const acc_t corner_weight[4] = {(1 - s.fx) * (1 - s.fy), s.fx * (1 - s.fy), (1 - s.fx) * s.fy,
+                                        s.fx * s.fy};
+        acc_t v[4][V];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if (s.valid[k]) {
+            const int64_t offset =
+                level_offset + (static_cast<int64_t>(s.y0 + k / 2) * width + s.x0 + k % 2) * row_stride;
+            load_acc<scalar_t, V>(value + offset, v[k]);
+            acc_t g[V];
+#pragma unroll
+            for (int i = 0; i < V; ++i) g[i] = a * corner_weight[k] * grad_out[i];
+            atomic_add_vec<V>(grad_value_accum + offset, g);
+          } else {
+#pragma unroll
+            for (int i = 0; i < V; ++i) v[k][i] = acc_t(0);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const acc_t sample = corner_weight[0] * v[0][i] + corner_weight[1] * v[1][i] +
+                               corner_weight[2] * v[2][i] + corner_weight[3] * v[3][i];
+          grad_a += grad_out[i] * sample;
+          grad_fx += grad_out[i] * ((1 - s.fy) * (v[1][i] - v[0][i]) + s.fy * (v[3][i] - v[2][i]));
+          grad_fy += grad_out[i] * ((1 - s.fx) * (v[2][i] - v[0][i]) + s.fx * (v[3][i] - v[1][i]));
+        }
+      }
+      grad_a = group_sum(grad_a, lanes);
+      grad_fx = group_sum(grad_fx, lanes);
+      grad_fy = group_sum(grad_fy, lanes);
+      if (group_ok && lane == 0) {
+        // x = loc_x * width - 0.5, so d/d loc_x = width * d/dx (likewise y).
+        grad_attention_weights[safe_group * L * P + lp] = from_acc<coord_t>(grad_a);
+        grad_sampling_locations[(safe_group * L * P + lp) * 2] =
+            from_acc<coord_t>(a * grad_fx * static_cast<acc_t>(width));
+        grad_sampling_locations[(safe_group * L * P + lp) * 2 + 1] =
+            from_acc<coord_t>(a * grad_fy * static_cast<acc_t>(height));
+      }
+    }
+  }
+}
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// Calls f(Tag<scalar_t>, Tag<coord_t>) for the runtime dtypes (the binding has validated them).
+template <typename F>
+int dispatch_dtypes(DType value_dtype, DType coord_dtype, F&& f) {
+  const bool fp32_coords = coord_dtype == DType::kFloat32;
+  switch (value_dtype) {
+    case DType::kFloat32:
+      return f(Tag<float>{}, Tag<float>{});
+    case DType::kFloat16:
+      return fp32_coords ? f(Tag<__half>{}, Tag<float>{}) : f(Tag<__half>{}, Tag<__half>{});
+    case DType::kBFloat16:
+      return fp32_coords ? f(Tag<__nv_bfloat16>{}, Tag<float>{})
+                         : f(Tag<__nv_bfloat16>{}, Tag<__nv_bfloat16>{});
+    case DType::kFloat64:
+      return fp32_coords ? f(Tag<double>{}, Tag<float>{}) : f(Tag<double>{}, Tag<double>{});
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+template <int V>
+using Width = std::integral_constant<int, V>;
+
+template <typename scalar_t, typename F>
+int dispatch_width(int V, F&& f) {
+  switch (V) {
+    case 8:
+      if constexpr (8 * sizeof(scalar_t) <= 16) return f(Width<8>{});
+      break;
+    case 4:
+      if constexpr (4 * sizeof(scalar_t) <= 16) return f(Width<4>{});
+      break;
+    case 2:
+      return f(Width<2>{});
+    case 1:
+      return f(Width<1>{});
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::kFloat32:
+      return 4;
+    case DType::kFloat16:
+    case DType::kBFloat16:
+      return 2;
+    case DType::kFloat64:
+      return 8;
+  }
+  return 0;
+}
+
+bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
+// Widest V the pointers' alignment allows, then lanes = next power of two >= D/V.
+bool plan(const CudaArgs& args, std::initializer_list<const void*> vector_pointers, int* V,
+          GroupLayout* layout) {
+  const size_t elem = dtype_size(args.value_dtype);
+  const int64_t D = args.sizes.head_dim;
+  for (int width = 8; width >= 1; width /= 2) {
+    if (width * elem > 16 || D % width != 0 || D / width > 32) continue;
+    bool ok = true;
+    for (const void* p : vector_pointers) ok = ok && aligned(p, width * elem);
+    if (!ok) continue;
+    int lanes_log2 = 0;
+    while ((int64_t{1} << lanes_log2) < D / width) ++lanes_log2;
+    *V = width;
+    layout->lanes_log2 = lanes_log2;
+    layout->num_groups = args.sizes.batch * args.sizes.num_queries * args.sizes.num_heads;
+    return true;
+  }
+  return false;
+}
+
+unsigned int num_blocks(const GroupLayout& layout) {
+  const int64_t threads = layout.num_groups << layout.lanes_log2;
+  return static_cast<unsigned int>((threads + kThreadsPerBlock - 1) / kThreadsPerBlock);
+}
+
+}  // namespace
+
+int cuda_channels_per_thread(int64_t head_dim, DType value_dtype) {
+  const size_t elem = dtype_size(value_dtype);
+  for (int width = 8; width >= 1; width /= 2) {
+    if (width * elem <= 16 && head_dim % width == 0 && head_dim / width <= 32) return width;
+  }
+  return 0;
+}
+
+int forward_cuda(const CudaArgs& args, CudaStream stream) {
+  int V = 0;
+  GroupLayout layout{};
+  if (!plan(args, {args.value, args.output}, &V, &layout)) return static_cast<int>(cudaErrorInvalidValue);
+  if (layout.num_groups == 0 || args.sizes.head_dim == 0) return static_cast<int>(cudaSuccess);
+  return dispatch_dtypes(args.value_dtype, args.coord_dtype, [&](auto scalar_tag, auto coord_tag) {
+    using scalar_t = typename decltype(scalar_tag)::type;
+    using coord_t = typename decltype(coord_tag)::type;
+    return dispatch_width<scalar_t>(V, [&](auto width) {
+      constexpr int kV = decltype(width)::value;
+      forward_kernel<scalar_t, coord_t, kV><<<num_blocks(layout), kThreadsPerBlock, 0, stream>>>(
+          static_cast<const scalar_t*>(args.value), static_cast<const coord_t*>(args.sampling_locations),
+          static_cast<const coord_t*>(args.attention_weights), static_cast<scalar_t*>(args.output),
+          args.sizes, args.levels, layout);
+      return static_cast<int>(cudaGetLastError());
+    });
+  });
+}
+
+int backward_cuda(const CudaArgs& args, CudaStream stream) {
+  int V = 0;
+  GroupLayout layout{};
+  if (!plan(args, {args.value, args.grad_output}, &V, &layout)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (layout.num_groups == 0 || args.sizes.head_dim == 0) return static_cast<int>(cudaSuccess);
+  return dispatch_dtypes(args.value_dtype, args.coord_dtype, [&](auto scalar_tag, auto coord_tag) {
+    using scalar_t = typename decltype(scalar_tag)::type;
+    using coord_t = typename decltype(coord_tag)::type;
+    using acc_t = acc_type_t<scalar_t>;
+    return dispatch_width<scalar_t>(V, [&](auto width) {
+      constexpr int kV = decltype(width)::value;
+      backward_kernel<scalar_t, coord_t, kV><<<num_blocks(layout), kThreadsPerBlock, 0, stream>>>(
+          static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
+          static_cast<const coord_t*>(args.sampling_locations),
+          static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),
+          static_cast<coord_t*>(args.grad_sampling_locations),
+          static_cast<coord_t*>(args.grad_attention_weights), args.sizes, args.levels, layout);
+      return static_cast<int>(cudaGetLastError());
+    });
+  });
+}
+
+
+}  // namespace msda
+}  // namespace codetr

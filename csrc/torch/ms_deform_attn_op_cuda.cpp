@@ -1,0 +1,118 @@
+// codetr::ms_deform_attn: binding of the CUDA kernels. Launches on the current stream; no
+// synchronisation and no host->device copies (level shapes travel as a kernel parameter), so the
+// op can be captured in a CUDA graph.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "ms_deform_attn/ms_deform_attn.h"
+#include "torch/ms_deform_attn_checks.h"
+
+namespace codetr {
+
+namespace {
+
+msda::DType to_kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return msda::DType::kFloat32;
+    case at::kHalf:
+      return msda::DType::kFloat16;
+    case at::kBFloat16:
+      return msda::DType::kBFloat16;
+    case at::kDouble:
+      return msda::DType::kFloat64;
+    default:
+      TORCH_CHECK(false, "codetr::ms_deform_attn: unsupported dtype ", t);
+  }
+}
+
+void check_cuda(const char* op, const at::Tensor& value, const msda::Sizes& sizes) {
+  TORCH_CHECK(value.device().is_cuda(), op, ": CUDA kernel called with value on ", value.device());
+  TORCH_CHECK(msda::cuda_channels_per_thread(sizes.head_dim, to_kernel_dtype(value.scalar_type())) > 0,
+              op, ": head dim D=", sizes.head_dim, " of value (B, S, H, D) is not supported by the CUDA ",
+              "kernels for ", value.scalar_type(), " (D must be at most 32 lanes of 1, 2, 4 or 8 channels)");
+}
+
+
+at::Tensor ms_deform_attn_cuda(const at::Tensor& value, at::IntArrayRef spatial_shapes,
+                               const at::Tensor& sampling_locations,
+                               const at::Tensor& attention_weights) {
+  const char* op = "codetr::ms_deform_attn";
+  const auto problem =
+      check_ms_deform_attn_inputs(op, value, spatial_shapes, sampling_locations, attention_weights);
+  check_cuda(op, value, problem.sizes);
+  const c10::cuda::CUDAGuard device_guard(value.device());
+  const auto& sz = problem.sizes;
+  auto output = at::empty({sz.batch, sz.num_queries, sz.num_heads * sz.head_dim}, value.options());
+  if (output.numel() == 0) return output;
+  const auto v = value.contiguous();
+  const auto loc = sampling_locations.contiguous();
+  const auto attn = attention_weights.contiguous();
+  msda::CudaArgs args;
+  args.value_dtype = to_kernel_dtype(value.scalar_type());
+  args.coord_dtype = to_kernel_dtype(loc.scalar_type());
+  args.value = v.data_ptr();
+  args.sampling_locations = loc.data_ptr();
+  args.attention_weights = attn.data_ptr();
+  args.output = output.data_ptr();
+  args.sizes = sz;
+  args.levels = problem.levels;
+  C10_CUDA_CHECK(static_cast<cudaError_t>(
+      msda::forward_cuda(args, at::cuda::getCurrentCUDAStream().stream())));
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& value, at::IntArrayRef spatial_shapes,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
+  const char* op = "codetr::ms_deform_attn_backward";
+  const auto problem =
+      check_ms_deform_attn_inputs(op, value, spatial_shapes, sampling_locations, attention_weights);
+  check_ms_deform_attn_grad_output(grad_output, value, problem.sizes);
+  check_cuda(op, value, problem.sizes);
+  const c10::cuda::CUDAGuard device_guard(value.device());
+  const auto& sz = problem.sizes;
+  const auto v = value.contiguous();
+  const auto loc = sampling_locations.contiguous();
+  const auto attn = attention_weights.contiguous();
+  const auto grad_out = grad_output.contiguous();
+  // grad_value is accumulated with atomics: in fp32 for fp16/bf16 (cast at the end), in value's
+  // dtype for fp32/fp64.
+  const auto accum_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto grad_value_accum = at::zeros(v.sizes(), v.options().dtype(accum_dtype));
+  // Every (b, q, h, l, p) entry is written by the kernel.
+  auto grad_loc = at::empty_like(loc);
+  auto grad_attn = at::empty_like(attn);
+  if (grad_out.numel() > 0) {
+    msda::CudaArgs args;
+    args.value_dtype = to_kernel_dtype(value.scalar_type());
+    args.coord_dtype = to_kernel_dtype(loc.scalar_type());
+    args.value = v.data_ptr();
+    args.sampling_locations = loc.data_ptr();
+    args.attention_weights = attn.data_ptr();
+    args.grad_output = grad_out.data_ptr();
+    args.grad_value_accum = grad_value_accum.data_ptr();
+    args.grad_sampling_locations = grad_loc.data_ptr();
+    args.grad_attention_weights = grad_attn.data_ptr();
+    args.sizes = sz;
+    args.levels = problem.levels;
+    C10_CUDA_CHECK(static_cast<cudaError_t>(
+        msda::backward_cuda(args, at::cuda::getCurrentCUDAStream().stream())));
+  } else {
+    grad_loc.zero_();
+    grad_attn.zero_();
+  }
+  return {grad_value_accum.to(value.scalar_type()), grad_loc, grad_attn};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(codetr, CUDA, m) {
+  m.impl("ms_deform_attn", &ms_deform_attn_cuda);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
+}
+
+}  // namespace codetr
