@@ -1,0 +1,243 @@
+"""Full-model GPU benchmark of Co-DINO in PyTorch (eager / torch.compile), with per-stage times,
+FLOPs, peak memory and a reduced-precision vs fp32 comparison.
+
+The AOTInductor engine is timed by the C++ runtime (`codetr-detect --benchmark`); this script
+times what it is compared against, in the same session. Method (METHOD.md): CUDA events around
+each call, warm-up first, median of many calls, inputs rotated among several random images.
+
+Example (on the GPU machine):
+  python tools/bench_model.py --preset swin_l --size 1152x768 --modes eager_fp32,eager_fp16,compile_fp16 \
+      --stages --flops --precision --json $OUT/bench_swin_l.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from codetr.models import build_model  # noqa: E402
+from codetr.nn import MultiScaleDeformableAttention  # noqa: E402
+
+SHORT_PRESETS = {
+    "r50": "co_dino_5scale_r50_8xb2_1x_coco",
+    "swin_l": "co_dino_5scale_swin_l_16xb1_1x_coco",
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def time_calls(fn, inputs, warmup, iters):
+    """Median / p90 milliseconds of fn(x) over `iters` calls, inputs rotated, CUDA events."""
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(inputs[i % len(inputs)])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return {"median_ms": statistics.median(times), "p90_ms": percentile(times, 90),
+            "min_ms": min(times), "n": iters}
+
+
+def stage_modules(model):
+    transformer = model.query_head.transformer
+    return {"backbone": model.backbone, "neck": model.neck,
+            "encoder": transformer.encoder, "decoder": transformer.decoder}
+
+
+def time_stages(model, inputs, warmup, iters):
+    """Per-stage median ms via CUDA events recorded by forward hooks (eager only).
+    'other' = whole call minus the named stages (positional encodings, proposal generation,
+    top-k selection, heads)."""
+    events = {}
+
+    def pre(name):
+        def hook(module, args):
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            events.setdefault(name, []).append([ev, None])
+        return hook
+
+    def post(name):
+        def hook(module, args, output):
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            events[name][-1][1] = ev
+        return hook
+
+    handles = []
+    for name, module in stage_modules(model).items():
+        handles.append(module.register_forward_pre_hook(pre(name)))
+        handles.append(module.register_forward_hook(post(name)))
+    try:
+        for i in range(warmup):
+            model(inputs[i % len(inputs)])
+        torch.cuda.synchronize()
+        events.clear()
+        totals = []
+        for i in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(inputs[i % len(inputs)])
+            end.record()
+            end.synchronize()
+            totals.append(start.elapsed_time(end))
+    finally:
+        for h in handles:
+            h.remove()
+    result = {name: statistics.median(a.elapsed_time(b) for a, b in pairs) for name, pairs in events.items()}
+    result["total"] = statistics.median(totals)
+    result["other"] = result["total"] - sum(v for k, v in result.items() if k != "total")
+    return result
+
+
+def count_flops(model, image):
+    """FLOPs of one call: matmuls/convs from torch's FlopCounterMode plus the deformable
+    sampling counted by hand (per sample: 4 corners x D multiply-adds + the weight, x2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    msda_flops = [0]
+
+    def hook(module, args, output):
+        B, Q = output.shape[:2]
+        D = module.embed_dims // module.num_heads
+        msda_flops[0] += B * Q * module.num_heads * module.num_levels * module.num_points * (4 * D + D) * 2
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, MultiScaleDeformableAttention)]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(image)
+    finally:
+        for h in handles:
+            h.remove()
+    return counter.get_total_flops() + msda_flops[0], msda_flops[0]
+
+
+def box_iou(a, b):
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
+
+
+def compare_precision(ref, out, topk=100):
+    """fp16/bf16 vs fp32 outputs of the same model and input: scores max abs diff, box rel err
+    (on the fp32 top-k matched by position), and the share of the fp32 top-k detections that
+    have a detection of the same label with IoU >= 0.9 among the reduced-precision top-k."""
+    rb, rs, rl = (t[0].float() for t in ref)
+    ob, os_, ol = (t[0].float() for t in out)
+    agree = 0
+    iou = box_iou(rb[:topk], ob[:topk])
+    same_label = rl[:topk, None] == ol[None, :topk]
+    agree = int(((iou >= 0.9) & same_label).any(1).sum())
+    return {
+        "finite": bool(torch.isfinite(ob).all() and torch.isfinite(os_).all()),
+        "scores_max_abs_diff": float((rs - os_).abs().max()),
+        "boxes_rel_err": float((rb - ob).norm() / rb.norm().clamp(min=1e-12)),
+        f"top{topk}_agreement": agree / topk,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="swin_l", help="r50, swin_l or a full preset name")
+    parser.add_argument("--size", default="1152x768", help="WxH list, comma separated")
+    parser.add_argument("--batch", default="1", help="batch sizes, comma separated")
+    parser.add_argument("--modes", default="eager_fp32,eager_fp16",
+                        help="eager_{fp32,fp16,bf16}, compile_{fp32,fp16,bf16}")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--stages", action="store_true", help="per-stage breakdown (eager modes)")
+    parser.add_argument("--flops", action="store_true")
+    parser.add_argument("--precision", action="store_true", help="compare reduced precision with fp32")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    preset = SHORT_PRESETS.get(args.preset, args.preset)
+    device = torch.device("cuda")
+    results = {"preset": preset, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d"), "runs": []}
+    model32 = build_model(preset, device=device, dtype=torch.float32)
+    print(f"# {preset} on {results['device']}, torch {torch.__version__}", flush=True)
+
+    for size in args.size.split(","):
+        W, H = (int(v) for v in size.split("x"))
+        for batch in (int(b) for b in args.batch.split(",")):
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            images = [torch.randn(batch, 3, H, W, generator=gen).to(device) for _ in range(3)]
+            outputs = {}
+            for mode in args.modes.split(","):
+                kind, dname = mode.split("_")
+                dtype = DTYPES[dname]
+                model = model32 if dtype == torch.float32 else build_model(preset, device=device, dtype=dtype)
+                model.load_state_dict(model32.state_dict())
+                inputs = [im.to(dtype) for im in images]
+                torch.cuda.reset_peak_memory_stats()
+                row = {"mode": mode, "size": [W, H], "batch": batch}
+                with torch.inference_mode():
+                    fn = model
+                    if kind == "compile":
+                        t0 = time.perf_counter()
+                        fn = torch.compile(model)
+                        fn(inputs[0])
+                        torch.cuda.synchronize()
+                        row["compile_s"] = round(time.perf_counter() - t0, 1)
+                    row.update(time_calls(fn, inputs, args.warmup, args.iters))
+                    row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                    outputs[mode] = [t.clone() for t in fn(inputs[0])]
+                    if args.stages and kind == "eager":
+                        row["stages_ms"] = {k: round(v, 3) for k, v in
+                                            time_stages(model, inputs, args.warmup, args.iters).items()}
+                    if args.flops and kind == "eager":
+                        total, msda = count_flops(model, inputs[0])
+                        row["gflops"] = round(total / 1e9, 1)
+                        row["msda_gflops"] = round(msda / 1e9, 2)
+                        row["tflops_per_s"] = round(total / (row["median_ms"] * 1e-3) / 1e12, 1)
+                results["runs"].append(row)
+                print(json.dumps(row), flush=True)
+                if model is not model32:
+                    del model, fn
+                torch.cuda.empty_cache()
+            if args.precision and "eager_fp32" in outputs:
+                for mode, out in outputs.items():
+                    if mode != "eager_fp32":
+                        cmp = {"compare": f"{mode} vs eager_fp32", "size": [W, H], "batch": batch,
+                               **compare_precision(outputs["eager_fp32"], out)}
+                        results["runs"].append(cmp)
+                        print(json.dumps(cmp), flush=True)
+
+    print("\n| mode | size | batch | median ms | p90 ms | peak GiB | speed-up vs eager_fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    base = {(tuple(r["size"]), r["batch"]): r["median_ms"] for r in results["runs"] if r.get("mode") == "eager_fp32"}
+    for r in results["runs"]:
+        if "mode" not in r:
+            continue
+        ref = base.get((tuple(r["size"]), r["batch"]))
+        speed = f"{ref / r['median_ms']:.2f}x" if ref else "-"
+        print(f"| {r['mode']} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | {r['median_ms']:.2f} | "
+              f"{r['p90_ms']:.2f} | {r['peak_mem_gib']} | {speed} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
