@@ -1,0 +1,114 @@
+"""A tiny stand-in for an exported Co-DINO engine, used to test the C++ runtime.
+
+It follows the engine contract of model.json v1 (forward(images[, masks]) -> boxes (B,Q,4) xyxy
+in input pixels clamped to the valid region, scores (B,Q), labels (B,Q) int64) with a few
+deterministic ops of the image, so the C++ runtime's detections can be compared with this module
+run eagerly in Python. `build_package` compiles it to a CPU AOTInductor package with model.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+NUM_QUERIES = 300
+CLASSES = ["disc", "box", "bar", "ring", "dot"]
+MEAN = [123.675, 116.28, 103.53]
+STD = [58.395, 57.12, 57.375]
+
+
+class StandInEngine(torch.nn.Module):
+    """300 boxes on a 10x30 grid; sizes, scores and labels depend on local image statistics."""
+
+    def __init__(self, num_classes: int, with_mask: bool):
+        super().__init__()
+        self.num_classes = num_classes
+        self.with_mask = with_mask
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
+        b, _, h, w = images.shape
+        feat = F.adaptive_avg_pool2d(images.float(), (10, 30)).flatten(2)  # (B,3,300)
+        ys = (torch.arange(10, device=images.device, dtype=torch.float32) + 0.5) / 10
+        xs = (torch.arange(30, device=images.device, dtype=torch.float32) + 0.5) / 30
+        cy = ys[:, None].expand(10, 30).reshape(1, -1)
+        cx = xs[None, :].expand(10, 30).reshape(1, -1)
+        bw = 0.05 + 0.25 * torch.sigmoid(feat[:, 0])
+        bh = 0.05 + 0.25 * torch.sigmoid(feat[:, 1] * 2.0)
+        if masks is not None:
+            valid = ~masks
+            valid_h = valid[:, :, 0].sum(1).float()[:, None]
+            valid_w = valid[:, 0, :].sum(1).float()[:, None]
+        else:
+            valid_h = torch.full((b, 1), float(h), device=images.device)
+            valid_w = torch.full((b, 1), float(w), device=images.device)
+        x1 = ((cx - bw / 2) * valid_w).clamp(min=0) ; x1 = torch.minimum(x1, valid_w)
+        x2 = torch.minimum(((cx + bw / 2) * valid_w).clamp(min=0), valid_w)
+        y1 = torch.minimum(((cy - bh / 2) * valid_h).clamp(min=0), valid_h)
+        y2 = torch.minimum(((cy + bh / 2) * valid_h).clamp(min=0), valid_h)
+        boxes = torch.stack([x1, y1, x2, y2], dim=-1)
+        scores = torch.sigmoid(feat.sum(1) * 1.5 + 0.5)
+        labels = (torch.sigmoid(feat[:, 2] * 3.0) * self.num_classes).long().clamp(max=self.num_classes - 1)
+        return boxes, scores, labels
+
+
+def model_json(batch: int, height: int, width: int, with_mask: bool, classes=CLASSES) -> dict:
+    inputs = [{"name": "images", "shape": [batch, 3, height, width], "dtype": "float32"}]
+    if with_mask:
+        inputs.append({"name": "masks", "shape": [batch, height, width], "dtype": "bool"})
+    return {
+        "format_version": 1,
+        "preset": "standin",
+        "engine": {"format": "aoti", "file": "model.pt2"},
+        "device": "cpu",
+        "dtype": "float32",
+        "torch_version": torch.__version__,
+        "codetr_version": "0.1.0",
+        "classes": list(classes),
+        "input": {"batch": batch, "dynamic": False, "height": height, "width": width, "multiple": 32},
+        "inputs": inputs,
+        "outputs": [
+            {"name": "boxes", "shape": [batch, NUM_QUERIES, 4], "dtype": "float32"},
+            {"name": "scores", "shape": [batch, NUM_QUERIES], "dtype": "float32"},
+            {"name": "labels", "shape": [batch, NUM_QUERIES], "dtype": "int64"},
+        ],
+        "preprocess": {
+            "bgr_to_rgb": True,
+            "resize": {"scale": [max(height, width), min(height, width)], "keep_ratio": True,
+                       "interpolation": "bilinear"},
+            "pad": {"size": [height, width]},
+            "pad_value": 0.0,
+            "pad_stage": "after_normalize",
+            "mean": MEAN,
+            "std": STD,
+            "mask": "padding" if with_mask else "none",
+        },
+        "postprocess": {
+            "score_thr": 0.0,
+            "nms": {"type": "soft_nms", "iou_threshold": 0.8, "method": "linear", "sigma": 0.5,
+                    "min_score": 0.001},
+            "max_per_img": 100,
+        },
+    }
+
+
+def build_package(out_dir: os.PathLike, batch: int = 2, height: int = 160, width: int = 224,
+                  with_mask: bool = True) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    engine = StandInEngine(len(CLASSES), with_mask).eval()
+    args = (torch.zeros(batch, 3, height, width),)
+    if with_mask:
+        args = args + (torch.zeros(batch, height, width, dtype=torch.bool),)
+    with torch.no_grad():
+        exported = torch.export.export(engine, args)
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(out / "model.pt2"))
+    (out / "model.json").write_text(json.dumps(model_json(batch, height, width, with_mask), indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+    print(build_package(sys.argv[1]))
