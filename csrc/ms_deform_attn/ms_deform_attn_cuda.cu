@@ -1,6 +1,6 @@
 // CUDA kernels for multi-scale deformable attention (see ms_deform_attn.h for the contract).
 //
-// Work split: one "group" of lanes per (batch, query, head). Each lane owns V consecutive
+// Work split: one "group" of lanes per (batch, head, query). Each lane owns V consecutive
 // channels (one 16-byte load per bilinear corner for fp16/bf16 with V = 8, fp32 with V = 4), so a
 // group of D/V lanes (rounded up to a power of two, at most 32, never straddling a warp) covers the
 // head. Every lane walks all L*P samples itself: coordinates and corner weights are recomputed
@@ -87,11 +87,54 @@ __device__ __forceinline__ void atomic_add_vec(acc_t* ptr, const acc_t (&g)[V]) 
 }
 
 struct GroupLayout {
-  int lanes_log2;  // lanes per (b, q, h) group = 1 << lanes_log2
+  int lanes_log2;  // lanes per (b, h, q) group = 1 << lanes_log2
   int64_t num_groups;
 };
 
-template <typename scalar_t, typename coord_t, int V>
+// Groups are numbered head-major, group = (b*H + h)*Q + q: a block then covers consecutive
+// queries of one head, whose samples land on neighbouring pixels of the same head's channels,
+// so the corner gathers are served by L1 instead of L2 (the value rows of the H heads are
+// interleaved, 512 bytes apart for H*D = 256 fp16).
+struct GroupIndex {
+  int64_t b;
+  int h;
+  int64_t row;  // (b*Q + q)*H + h: the row of sampling_locations/attention_weights/output
+};
+
+__device__ __forceinline__ GroupIndex group_index(int64_t group, const Sizes& sizes) {
+  const int64_t Q = sizes.num_queries, H = sizes.num_heads;
+  const int64_t q = group % Q;
+  const int64_t bh = group / Q;
+  GroupIndex g;
+  g.b = bh / H;
+  g.h = static_cast<int>(bh % H);
+  g.row = (g.b * Q + q) * H + g.h;
+  return g;
+}
+
+// Element offsets (within one level, relative to the level's first pixel) of the four corners,
+// and their weights times `scale`. Corners outside the map get weight 0 and a clamped in-map
+// offset: the loads are unconditional, so the compiler can issue all of a point's (and, unrolled,
+// several points') gathers before the first use.
+template <typename acc_t>
+__device__ __forceinline__ void corner_offsets_and_weights(const BilinearSample<acc_t>& s, acc_t scale,
+                                                           int height, int width, int64_t row_stride,
+                                                           int64_t (&offset)[4], acc_t (&weight)[4]) {
+  const int x0 = min(max(s.x0, 0), width - 1), x1 = min(max(s.x0 + 1, 0), width - 1);
+  const int y0 = min(max(s.y0, 0), height - 1), y1 = min(max(s.y0 + 1, 0), height - 1);
+  offset[0] = (static_cast<int64_t>(y0) * width + x0) * row_stride;
+  offset[1] = (static_cast<int64_t>(y0) * width + x1) * row_stride;
+  offset[2] = (static_cast<int64_t>(y1) * width + x0) * row_stride;
+  offset[3] = (static_cast<int64_t>(y1) * width + x1) * row_stride;
+  const acc_t one = 1;
+  weight[0] = s.valid[0] ? scale * (one - s.fx) * (one - s.fy) : acc_t(0);
+  weight[1] = s.valid[1] ? scale * s.fx * (one - s.fy) : acc_t(0);
+  weight[2] = s.valid[2] ? scale * (one - s.fx) * s.fy : acc_t(0);
+  weight[3] = s.valid[3] ? scale * s.fx * s.fy : acc_t(0);
+}
+
+// kPoints > 0: P is a compile-time constant (the point loop is fully unrolled); 0: runtime P.
+template <typename scalar_t, typename coord_t, int V, int kPoints>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     forward_kernel(const scalar_t* __restrict__ value, const coord_t* __restrict__ sampling_locations,
                    const coord_t* __restrict__ attention_weights, scalar_t* __restrict__ output,
@@ -104,15 +147,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const int c0 = lane * V;
   if (group >= layout.num_groups || c0 >= D) return;  // the forward has no shuffles
 
-  const int H = static_cast<int>(sizes.num_heads);
   const int L = static_cast<int>(sizes.num_levels);
-  const int P = static_cast<int>(sizes.num_points);
-  const int64_t b = group / (sizes.num_queries * H);
-  const int h = static_cast<int>(group % H);
-  const int64_t row_stride = static_cast<int64_t>(H) * D;
-  const scalar_t* value_bh = value + b * sizes.num_value * row_stride + h * D + c0;
-  const coord_t* loc = sampling_locations + group * L * P * 2;
-  const coord_t* attn = attention_weights + group * L * P;
+  const int P = kPoints > 0 ? kPoints : static_cast<int>(sizes.num_points);
+  const GroupIndex g = group_index(group, sizes);
+  const int64_t row_stride = sizes.num_heads * D;
+  const scalar_t* value_bh = value + g.b * sizes.num_value * row_stride + g.h * D + c0;
+  const coord_t* loc = sampling_locations + g.row * L * P * 2;
+  const coord_t* attn = attention_weights + g.row * L * P;
 
   acc_t acc[V];
 #pragma unroll
@@ -121,30 +162,28 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   for (int l = 0; l < L; ++l) {
     const int height = levels.height[l], width = levels.width[l];
     const scalar_t* value_level = value_bh + levels.start[l] * row_stride;
-#pragma unroll 4
+#pragma unroll
     for (int p = 0; p < P; ++p) {
       const int lp = l * P + p;
       const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(loc[2 * lp]), to_acc<acc_t>(loc[2 * lp + 1]),
                                                  height, width);
-      if (!s.inside) continue;
-      const acc_t a = to_acc<acc_t>(attn[lp]);
-      const acc_t corner_weight[4] = {a * (1 - s.fx) * (1 - s.fy), a * s.fx * (1 - s.fy),
-                                      a * (1 - s.fx) * s.fy, a * s.fx * s.fy};
+      int64_t offset[4];
+      acc_t weight[4];
+      corner_offsets_and_weights(s, to_acc<acc_t>(attn[lp]), height, width, row_stride, offset, weight);
+      acc_t v[4][V];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) load_acc<scalar_t, V>(value_level + offset[k], v[k]);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        if (!s.valid[k]) continue;
-        acc_t v[V];
-        load_acc<scalar_t, V>(
-            value_level + (static_cast<int64_t>(s.y0 + k / 2) * width + s.x0 + k % 2) * row_stride, v);
 #pragma unroll
-        for (int i = 0; i < V; ++i) acc[i] += corner_weight[k] * v[i];
+        for (int i = 0; i < V; ++i) acc[i] += weight[k] * v[k][i];
       }
     }
   }
   Vec<scalar_t, V> out;
 #pragma unroll
   for (int i = 0; i < V; ++i) out.v[i] = from_acc<scalar_t>(acc[i]);
-  *reinterpret_cast<Vec<scalar_t, V>*>(output + group * D + c0) = out;
+  *reinterpret_cast<Vec<scalar_t, V>*>(output + g.row * D + c0) = out;
 }
 
 template <typename acc_t>
@@ -175,20 +214,17 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const bool group_ok = group < layout.num_groups;
   const bool lane_ok = group_ok && c0 < D;
 
-  const int H = static_cast<int>(sizes.num_heads);
   const int L = static_cast<int>(sizes.num_levels);
   const int P = static_cast<int>(sizes.num_points);
-  const int64_t safe_group = group_ok ? group : 0;
-  const int64_t b = safe_group / (sizes.num_queries * H);
-  const int h = static_cast<int>(safe_group % H);
-  const int64_t row_stride = static_cast<int64_t>(H) * D;
-  const int64_t value_offset = b * sizes.num_value * row_stride + h * D + c0;
-  const coord_t* loc = sampling_locations + safe_group * L * P * 2;
-  const coord_t* attn = attention_weights + safe_group * L * P;
+  const GroupIndex g = group_index(group_ok ? group : 0, sizes);
+  const int64_t row_stride = sizes.num_heads * D;
+  const int64_t value_offset = g.b * sizes.num_value * row_stride + g.h * D + c0;
+  const coord_t* loc = sampling_locations + g.row * L * P * 2;
+  const coord_t* attn = attention_weights + g.row * L * P;
 
   acc_t grad_out[V];
   if (lane_ok) {
-    load_acc<scalar_t, V>(grad_output + safe_group * D + c0, grad_out);
+    load_acc<scalar_t, V>(grad_output + g.row * D + c0, grad_out);
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) grad_out[i] = acc_t(0);
@@ -213,10 +249,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
             const int64_t offset =
                 level_offset + (static_cast<int64_t>(s.y0 + k / 2) * width + s.x0 + k % 2) * row_stride;
             load_acc<scalar_t, V>(value + offset, v[k]);
-            acc_t g[V];
+            acc_t gv[V];
 #pragma unroll
-            for (int i = 0; i < V; ++i) g[i] = a * corner_weight[k] * grad_out[i];
-            atomic_add_vec<V>(grad_value_accum + offset, g);
+            for (int i = 0; i < V; ++i) gv[i] = a * corner_weight[k] * grad_out[i];
+            atomic_add_vec<V>(grad_value_accum + offset, gv);
           } else {
 #pragma unroll
             for (int i = 0; i < V; ++i) v[k][i] = acc_t(0);
@@ -236,10 +272,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       grad_fy = group_sum(grad_fy, lanes);
       if (group_ok && lane == 0) {
         // x = loc_x * width - 0.5, so d/d loc_x = width * d/dx (likewise y).
-        grad_attention_weights[safe_group * L * P + lp] = from_acc<coord_t>(grad_a);
-        grad_sampling_locations[(safe_group * L * P + lp) * 2] =
+        grad_attention_weights[g.row * L * P + lp] = from_acc<coord_t>(grad_a);
+        grad_sampling_locations[(g.row * L * P + lp) * 2] =
             from_acc<coord_t>(a * grad_fx * static_cast<acc_t>(width));
-        grad_sampling_locations[(safe_group * L * P + lp) * 2 + 1] =
+        grad_sampling_locations[(g.row * L * P + lp) * 2 + 1] =
             from_acc<coord_t>(a * grad_fy * static_cast<acc_t>(height));
       }
     }
@@ -305,12 +341,16 @@ size_t dtype_size(DType t) {
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 // Widest V the pointers' alignment allows, then lanes = next power of two >= D/V.
-bool plan(const CudaArgs& args, std::initializer_list<const void*> vector_pointers, int* V,
-          GroupLayout* layout) {
+// max_lane_bytes: the forward reads 16 bytes per lane and corner; the backward takes at most 8 (4
+// channels for fp16/bf16), which doubles its threads: its time goes into grad_value atomics, whose
+// latency more threads hide better.
+bool plan(const CudaArgs& args, std::initializer_list<const void*> vector_pointers, size_t max_lane_bytes,
+          int* V, GroupLayout* layout) {
   const size_t elem = dtype_size(args.value_dtype);
   const int64_t D = args.sizes.head_dim;
   for (int width = 8; width >= 1; width /= 2) {
     if (width * elem > 16 || D % width != 0 || D / width > 32) continue;
+    if (width > 1 && width * elem > max_lane_bytes && D / (width / 2) <= 32) continue;
     bool ok = true;
     for (const void* p : vector_pointers) ok = ok && aligned(p, width * elem);
     if (!ok) continue;
@@ -342,14 +382,17 @@ int cuda_channels_per_thread(int64_t head_dim, DType value_dtype) {
 int forward_cuda(const CudaArgs& args, CudaStream stream) {
   int V = 0;
   GroupLayout layout{};
-  if (!plan(args, {args.value, args.output}, &V, &layout)) return static_cast<int>(cudaErrorInvalidValue);
+  if (!plan(args, {args.value, args.output}, 16, &V, &layout)) return static_cast<int>(cudaErrorInvalidValue);
   if (layout.num_groups == 0 || args.sizes.head_dim == 0) return static_cast<int>(cudaSuccess);
   return dispatch_dtypes(args.value_dtype, args.coord_dtype, [&](auto scalar_tag, auto coord_tag) {
     using scalar_t = typename decltype(scalar_tag)::type;
     using coord_t = typename decltype(coord_tag)::type;
     return dispatch_width<scalar_t>(V, [&](auto width) {
       constexpr int kV = decltype(width)::value;
-      forward_kernel<scalar_t, coord_t, kV><<<num_blocks(layout), kThreadsPerBlock, 0, stream>>>(
+      // Deformable-DETR models use 4 points: that case gets a fully unrolled point loop.
+      auto kernel = args.sizes.num_points == 4 ? forward_kernel<scalar_t, coord_t, kV, 4>
+                                               : forward_kernel<scalar_t, coord_t, kV, 0>;
+      kernel<<<num_blocks(layout), kThreadsPerBlock, 0, stream>>>(
           static_cast<const scalar_t*>(args.value), static_cast<const coord_t*>(args.sampling_locations),
           static_cast<const coord_t*>(args.attention_weights), static_cast<scalar_t*>(args.output),
           args.sizes, args.levels, layout);
@@ -361,7 +404,7 @@ int forward_cuda(const CudaArgs& args, CudaStream stream) {
 int backward_cuda(const CudaArgs& args, CudaStream stream) {
   int V = 0;
   GroupLayout layout{};
-  if (!plan(args, {args.value, args.grad_output}, &V, &layout)) {
+  if (!plan(args, {args.value, args.grad_output}, 8, &V, &layout)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (layout.num_groups == 0 || args.sizes.head_dim == 0) return static_cast<int>(cudaSuccess);
