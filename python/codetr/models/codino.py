@@ -6,6 +6,9 @@
 K = max_per_img (300). Boxes are mmdet's pre-rescale ``pred_instances`` (before NMS): normalised
 boxes times the valid image size and clamped to it. The valid size comes from the mask (tensor
 ops, no data-dependent Python control flow) or is the whole input when ``masks`` is None.
+
+torch.export: static shapes, or dynamic H, W as multiples of 32 with H, W >= 96 (at 32 or 64 px
+the stride-64 level is 1 pixel wide, and torch specialises size-1 dimensions).
 """
 from __future__ import annotations
 
