@@ -21,7 +21,10 @@ namespace msda {
 
 namespace {
 
-constexpr int kThreadsPerBlock = 256;
+// Forward: large blocks, so the warps resident on one SM work on one run of consecutive queries of
+// one head and share their gathers in L1. Backward: smaller blocks (more registers per thread).
+constexpr int kForwardThreadsPerBlock = 1024;
+constexpr int kBackwardThreadsPerBlock = 256;
 
 template <typename scalar_t>
 using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -115,17 +118,18 @@ __device__ __forceinline__ GroupIndex group_index(int64_t group, const Sizes& si
 // Element offsets (within one level, relative to the level's first pixel) of the four corners,
 // and their weights times `scale`. Corners outside the map get weight 0 and a clamped in-map
 // offset: the loads are unconditional, so the compiler can issue all of a point's (and, unrolled,
-// several points') gathers before the first use.
+// several points') gathers before the first use. Offsets are 32-bit (the binding checks
+// S*H*D < 2^31): fewer instructions in the per-sample address math.
 template <typename acc_t>
 __device__ __forceinline__ void corner_offsets_and_weights(const BilinearSample<acc_t>& s, acc_t scale,
-                                                           int height, int width, int64_t row_stride,
-                                                           int64_t (&offset)[4], acc_t (&weight)[4]) {
+                                                           int height, int width, int row_stride,
+                                                           int (&offset)[4], acc_t (&weight)[4]) {
   const int x0 = min(max(s.x0, 0), width - 1), x1 = min(max(s.x0 + 1, 0), width - 1);
   const int y0 = min(max(s.y0, 0), height - 1), y1 = min(max(s.y0 + 1, 0), height - 1);
-  offset[0] = (static_cast<int64_t>(y0) * width + x0) * row_stride;
-  offset[1] = (static_cast<int64_t>(y0) * width + x1) * row_stride;
-  offset[2] = (static_cast<int64_t>(y1) * width + x0) * row_stride;
-  offset[3] = (static_cast<int64_t>(y1) * width + x1) * row_stride;
+  offset[0] = (y0 * width + x0) * row_stride;
+  offset[1] = (y0 * width + x1) * row_stride;
+  offset[2] = (y1 * width + x0) * row_stride;
+  offset[3] = (y1 * width + x1) * row_stride;
   const acc_t one = 1;
   weight[0] = s.valid[0] ? scale * (one - s.fx) * (one - s.fy) : acc_t(0);
   weight[1] = s.valid[1] ? scale * s.fx * (one - s.fy) : acc_t(0);
@@ -135,7 +139,7 @@ __device__ __forceinline__ void corner_offsets_and_weights(const BilinearSample<
 
 // kPoints > 0: P is a compile-time constant (the point loop is fully unrolled); 0: runtime P.
 template <typename scalar_t, typename coord_t, int V, int kPoints>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kForwardThreadsPerBlock)
     forward_kernel(const scalar_t* __restrict__ value, const coord_t* __restrict__ sampling_locations,
                    const coord_t* __restrict__ attention_weights, scalar_t* __restrict__ output,
                    const Sizes sizes, const LevelShapes levels, const GroupLayout layout) {
@@ -167,9 +171,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       const int lp = l * P + p;
       const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(loc[2 * lp]), to_acc<acc_t>(loc[2 * lp + 1]),
                                                  height, width);
-      int64_t offset[4];
+      int offset[4];
       acc_t weight[4];
-      corner_offsets_and_weights(s, to_acc<acc_t>(attn[lp]), height, width, row_stride, offset, weight);
+      corner_offsets_and_weights(s, to_acc<acc_t>(attn[lp]), height, width, static_cast<int>(row_stride),
+                                 offset, weight);
       acc_t v[4][V];
 #pragma unroll
       for (int k = 0; k < 4; ++k) load_acc<scalar_t, V>(value_level + offset[k], v[k]);
@@ -193,7 +198,7 @@ __device__ __forceinline__ acc_t group_sum(acc_t x, int lanes) {
 }
 
 template <typename scalar_t, typename coord_t, int V>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kBackwardThreadsPerBlock)
     backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ value,
                     const coord_t* __restrict__ sampling_locations,
                     const coord_t* __restrict__ attention_weights,
@@ -364,9 +369,9 @@ bool plan(const CudaArgs& args, std::initializer_list<const void*> vector_pointe
   return false;
 }
 
-unsigned int num_blocks(const GroupLayout& layout) {
+unsigned int num_blocks(const GroupLayout& layout, int threads_per_block) {
   const int64_t threads = layout.num_groups << layout.lanes_log2;
-  return static_cast<unsigned int>((threads + kThreadsPerBlock - 1) / kThreadsPerBlock);
+  return static_cast<unsigned int>((threads + threads_per_block - 1) / threads_per_block);
 }
 
 }  // namespace
@@ -392,7 +397,7 @@ int forward_cuda(const CudaArgs& args, CudaStream stream) {
       // Deformable-DETR models use 4 points: that case gets a fully unrolled point loop.
       auto kernel = args.sizes.num_points == 4 ? forward_kernel<scalar_t, coord_t, kV, 4>
                                                : forward_kernel<scalar_t, coord_t, kV, 0>;
-      kernel<<<num_blocks(layout), kThreadsPerBlock, 0, stream>>>(
+      kernel<<<num_blocks(layout, kForwardThreadsPerBlock), kForwardThreadsPerBlock, 0, stream>>>(
           static_cast<const scalar_t*>(args.value), static_cast<const coord_t*>(args.sampling_locations),
           static_cast<const coord_t*>(args.attention_weights), static_cast<scalar_t*>(args.output),
           args.sizes, args.levels, layout);
@@ -414,7 +419,8 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
     using acc_t = acc_type_t<scalar_t>;
     return dispatch_width<scalar_t>(V, [&](auto width) {
       constexpr int kV = decltype(width)::value;
-      backward_kernel<scalar_t, coord_t, kV><<<num_blocks(layout), kThreadsPerBlock, 0, stream>>>(
+      backward_kernel<scalar_t, coord_t, kV>
+          <<<num_blocks(layout, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
           static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
           static_cast<const coord_t*>(args.sampling_locations),
           static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),

@@ -34,6 +34,9 @@ void check_cuda(const char* op, const at::Tensor& value, const msda::Sizes& size
   TORCH_CHECK(msda::cuda_channels_per_thread(sizes.head_dim, to_kernel_dtype(value.scalar_type())) > 0,
               op, ": head dim D=", sizes.head_dim, " of value (B, S, H, D) is not supported by the CUDA ",
               "kernels for ", value.scalar_type(), " (D must be at most 32 lanes of 1, 2, 4 or 8 channels)");
+  TORCH_CHECK(sizes.num_value * sizes.num_heads * sizes.head_dim <= INT32_MAX, op,
+              ": value (B, S, H, D) is too large for the CUDA kernels: S*H*D = ",
+              sizes.num_value * sizes.num_heads * sizes.head_dim, " must be < 2^31 (32-bit offsets)");
 }
 
 
