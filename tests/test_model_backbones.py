@@ -90,9 +90,10 @@ def test_swin_matches_torchvision():
         tv_index = ref.features[2 * i + 1][0].attn.relative_position_index.view(window ** 2, window ** 2)
         assert torch.equal(ours.stages[i].blocks[0].attn.w_msa.relative_position_index, tv_index)
 
-    # 448 x 416 -> stage sizes 112x104 .. 14x13: none a multiple of 12, all larger than the window
+    # 448 x 424 -> stage sizes 112x106, 56x53, 28x27, 14x14: none a multiple of 12 (window
+    # padding), odd widths before a merge (merge padding), all larger than the window
     # (torchvision drops the shift when the window covers the map; mmdet does not)
-    x = torch.randn(1, 3, 448, 416)
+    x = torch.randn(1, 3, 448, 424)
     outs = ours(x)
     y = ref.features[0](x)
     for i in range(len(depths)):
@@ -101,6 +102,18 @@ def test_swin_matches_torchvision():
         torch.testing.assert_close(outs[i], expect, rtol=1e-4, atol=1e-4)
         if i < len(depths) - 1:
             y = ref.features[2 * i + 2](y)
+
+
+@torch.no_grad()
+def test_swin_pads_the_image_to_the_patch_size():
+    """mmdet's PatchEmbed pads bottom/right with zeros to a multiple of the patch size."""
+    torch.manual_seed(0)
+    ours = SwinTransformer(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7).eval()
+    x = torch.randn(1, 3, 98, 130)
+    padded = torch.nn.functional.pad(x, (0, 2, 0, 2))
+    for got, want in zip(ours(x), ours(padded)):
+        assert torch.equal(got, want)
+    assert [o.shape[-2:] for o in ours(x)] == [(25, 33), (13, 17), (7, 9), (4, 5)]
 
 
 @torch.no_grad()

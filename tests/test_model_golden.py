@@ -85,3 +85,18 @@ def test_golden_outputs_depend_on_the_mask():
     for name in ("tiny_r50", "tiny_swin"):
         _, io = _fixture(name)
         assert not torch.allclose(io["boxes_1"], io["fullvalid_boxes_1"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_runs_with_float32_outputs(dtype):
+    """Compute in bf16/fp16 (locations and weights stay fp32): outputs are float32 and the score
+    distribution stays close to mmdet's fp32 one (per-rank comparison; ranks can swap)."""
+    weights, io = _fixture("tiny_swin")
+    model = build_model("tiny_swin", checkpoint=weights, dtype=dtype, msda_impl="pytorch")
+    with torch.no_grad():
+        boxes, scores, labels = model(io["images"].to(dtype))
+    assert boxes.dtype == scores.dtype == torch.float32 and labels.dtype == torch.int64
+    assert torch.isfinite(boxes).all() and torch.isfinite(scores).all()
+    for i in range(2):
+        assert (scores[i] - io[f"fullvalid_scores_{i}"]).abs().max() < 0.05
+        assert (boxes[i] >= 0).all() and (boxes[i, :, 2] <= 128).all() and (boxes[i, :, 3] <= 96).all()

@@ -11,7 +11,7 @@ Facts read from the configs:
   keep_ratio=True); DetDataPreprocessor pads AFTER normalisation with 0; CoDETR(use_lsj=False)
   keeps the padding mask. mmdet's effective pad_size_divisor is 1 (a batch is padded to its
   largest image only). The presets pad to a multiple of 32 instead, because the exported engines
-  (and the Swin window/merge arithmetic here) need H, W divisible by 32; the padding mask keeps
+  take H, W divisible by 32 (the eager model accepts any size, as mmdet does); the padding mask keeps
   the query head on the valid region, but backbone convolutions and the neck's GroupNorm see
   the zero padding, so results differ slightly from mmdet's unpadded single-image run
   (``codetr.preprocess`` accepts ``pad_size_divisor=1`` for an exact mmdet pipeline).

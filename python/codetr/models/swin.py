@@ -1,9 +1,10 @@
 """mmdetection's SwinTransformer backbone, inference only (no dropout / drop-path).
 
 Module names follow mmdet's state_dict (``patch_embed.projection``, ``stages.N.blocks.M.attn.w_msa``,
-``stages.N.downsample.reduction``, ``normN`` ...). Feature maps whose size is not a multiple of the
-window are padded bottom/right before window attention and cropped afterwards, as mmdet does.
-Inputs must have H and W divisible by 32 (patch 4 x three 2x merges).
+``stages.N.downsample.reduction``, ``normN`` ...). Zero padding bottom/right exactly where mmdet
+pads ('corner' adaptive padding): the image to a multiple of the patch size, odd maps before a
+2x2 merge, and maps that are not a multiple of the window before window attention (cropped
+afterwards). So any input size works, like mmdet; exported engines use multiples of 32.
 """
 from __future__ import annotations
 
@@ -135,8 +136,10 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
         B, L, C = x.shape
         H, W = hw
-        x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 5, 2, 4).reshape(B, (H // 2) * (W // 2), 4 * C)
-        return self.reduction(self.norm(x)), (H // 2, W // 2)
+        x = F.pad(x.view(B, H, W, C), (0, 0, 0, W % 2, 0, H % 2))
+        H, W = x.shape[1] // 2, x.shape[2] // 2
+        x = x.view(B, H, 2, W, 2, C).permute(0, 1, 3, 5, 2, 4).reshape(B, H * W, 4 * C)
+        return self.reduction(self.norm(x)), (H, W)
 
 
 class SwinStage(nn.Module):
@@ -159,10 +162,13 @@ class SwinStage(nn.Module):
 class PatchEmbed(nn.Module):
     def __init__(self, embed_dims: int, patch_size: int):
         super().__init__()
+        self.patch_size = patch_size
         self.projection = nn.Conv2d(3, embed_dims, patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dims)
 
     def forward(self, x: torch.Tensor):
+        p = self.patch_size
+        x = F.pad(x, (0, (p - x.shape[3] % p) % p, 0, (p - x.shape[2] % p) % p))
         x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw

@@ -146,8 +146,8 @@ class DinoDecoder(nn.Module):
         ratios4 = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (B, 1, L, 4)
         for lid, layer in enumerate(self.layers):
             ref_input = reference_points[:, :, None] * ratios4  # (B, Q, L, 4)
-            query_pos = self.ref_point_head(sine_embed_boxes(ref_input[:, :, 0, :], self.embed_dims // 2))
-            query = layer(query, query_pos.to(query.dtype), memory, ref_input, spatial_shapes, padding_mask)
+            sine = sine_embed_boxes(ref_input[:, :, 0, :], self.embed_dims // 2).to(query.dtype)
+            query = layer(query, self.ref_point_head(sine), memory, ref_input, spatial_shapes, padding_mask)
             if lid < self.num_layers - 1:
                 # box refinement uses the un-normalised output; the last update is not needed
                 delta = reg_branches[lid](query).float()
