@@ -104,6 +104,13 @@ def test_wrong_checkpoint_lists_every_problem(tmp_path, source):
         build_model("tiny_swin", checkpoint=state)
 
 
+def test_computed_buffers_may_be_absent(source):
+    model, state, x, expected = source
+    without = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    loaded = build_model("tiny_r50", checkpoint=without, msda_impl="pytorch")
+    _assert_same_outputs(loaded, x, expected)
+
+
 def test_missing_file_and_bad_content(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_model("tiny_r50", checkpoint=str(tmp_path / "nope.pth"))

@@ -133,3 +133,27 @@ def test_postprocess_batch_and_metadata():
     assert r50["preprocess"]["pad"] == {"size_divisor": 32} and r50["preprocess"]["mask"] == "padding"
     assert r50["preprocess"]["resize"] == {"scale": [1333, 800], "keep_ratio": True, "interpolation": "bilinear"}
     assert len(r50["classes"]) == r50["num_classes"] == 80
+
+
+@torch.no_grad()
+def test_end_to_end_image_to_detections():
+    """preprocess -> model -> postprocess on two images of different size (reduced model and
+    resize scale): detections in original-image pixels, sorted by selection order."""
+    from codetr.models import build_model
+    from codetr.presets import REDUCED_PRESETS, PipelineConfig
+
+    preset = REDUCED_PRESETS["tiny_r50"].replace(pipeline=PipelineConfig(resize_scale=(160, 128)))
+    model = build_model(preset, msda_impl="pytorch")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)]
+    batch, masks, metas = preprocess(images, preset)
+    assert batch.shape == (2, 3, 160, 160) and masks is not None
+    assert [m["img_shape"] for m in metas] == [(120, 160), (160, 107)]
+    boxes, scores, labels = model(batch, masks)
+    # valid region from the mask: boxes clamped to each image's img_shape
+    assert boxes[0, :, 3].max() <= 120 and boxes[1, :, 2].max() <= 107
+    results = postprocess(boxes, scores, labels, metas, preset)
+    for r, img in zip(results, images):
+        h, w = img.shape[:2]
+        assert 0 < len(r["scores"]) <= 300
+        assert r["bboxes"][:, 2].max() <= w + 1e-3 and r["bboxes"][:, 3].max() <= h + 1e-3

@@ -10,7 +10,8 @@
   the plain-data meta are still recovered.
 * Keys used only in training or by the auxiliary heads are dropped by an explicit list
   (:data:`DROPPED_KEY_PREFIXES`); everything else must match exactly (strict by default), else
-  :class:`CheckpointError` lists the missing / unexpected keys and shape mismatches.
+  :class:`CheckpointError` lists the missing / unexpected keys and shape mismatches. Only buffers
+  the model computes itself (``relative_position_index``, ``num_batches_tracked``) may be absent.
 * Class names come from ``meta['dataset_meta']['classes']`` (mmdet 3.x) or ``meta['CLASSES']``
   (2.x) or a safetensors metadata entry ``classes`` (JSON list); otherwise None (caller: COCO-80).
 """
@@ -35,6 +36,9 @@ DROPPED_KEY_PREFIXES: Tuple[str, ...] = (
     "query_head.transformer.aux_pos_trans.",    # auxiliary-query positional projections
     "query_head.transformer.aux_pos_trans_norm.",
 )
+
+
+_COMPUTED_BUFFERS = ("relative_position_index", "num_batches_tracked")
 
 
 class CheckpointError(RuntimeError):
@@ -131,7 +135,9 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict:
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not dropped_key(k)}
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    # buffers the model computes itself (Swin's relative-position index, BN's batch counter,
+    # unused in eval) may be absent from older or converted checkpoints
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith(_COMPUTED_BUFFERS))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                         for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
@@ -143,7 +149,7 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
         raise CheckpointError("\n".join(lines))
     usable = {k: v for k, v in state.items() if k in own}
-    model.load_state_dict(usable, strict=strict, assign=any(p.is_meta for p in own.values()))
+    model.load_state_dict(usable, strict=False, assign=any(p.is_meta for p in own.values()))
 
 
 def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True) -> Optional[List[str]]:
