@@ -41,6 +41,8 @@ def _add_export_parser(subparsers) -> None:
                    help="ONNX only: one codetr::MultiScaleDeformableAttention node per MSDA "
                         "(TensorRT plugin path) instead of the plugin-free GridSample lowering")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 16)")
+    p.add_argument("--no-onnx-optimize", dest="onnx_optimize", action="store_false",
+                   help="ONNX only: skip the onnxscript graph optimizer (faster export, more nodes)")
     p.set_defaults(run=_run_export)
 
 
@@ -52,7 +54,8 @@ def _run_export(args: argparse.Namespace) -> int:
         dtype=args.dtype, height=args.height, width=args.width, batch=args.batch, dynamic=args.dynamic,
         min_height=args.min_height, max_height=args.max_height, min_width=args.min_width,
         max_width=args.max_width, dynamic_batch=args.dynamic_batch, min_batch=args.min_batch,
-        max_batch=args.max_batch, format=args.format, onnx_msda_op=args.onnx_msda_op, opset=args.opset)
+        max_batch=args.max_batch, format=args.format, onnx_msda_op=args.onnx_msda_op, opset=args.opset,
+        onnx_optimize=args.onnx_optimize)
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)
         warnings.showwarning = _show_warning

@@ -15,10 +15,11 @@ Resize rule written into model.json (what a user of mmdet expects, bounded by th
   multiple of 32, or the preset's fixed pad size) — identical to mmdet's test pipeline as long as
   the padded image lies inside the exported H/W range (the export warns when it cannot).
 * static H x W engine: scale = (min(preset_long, max(H, W)), min(preset_short, min(H, W))) and pad
-  to exactly (H, W). For images of the engine's orientation (landscape image, W >= H engine) this is
-  mmdet's rule capped at the engine size, so the resized image always fits. An image of the other
-  orientation can come out larger than the engine along one side; the runtime must then scale it
-  down further to fit (see "fit" in model.json's resize block: "engine_size").
+  to exactly (H, W). For images of the engine's orientation (landscape image in a W >= H engine,
+  portrait in H > W) this is mmdet's rule capped at the engine size, so the resized image always
+  fits. An image of the other orientation can come out larger than a non-square engine along one
+  side; the C++ runtime then refuses it with a clear error (export a square or a dynamic engine
+  for mixed orientations).
 """
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ FORMATS = ("aoti", "onnx")
 DEFAULT_OPSET = 18
 # Static default: the 1333x800 mmdet scale rounded up to the size multiple (landscape).
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 800, 1344
+# Smallest dynamic H/W: the coarsest level (stride 64) must be >= 2 pixels, or torch.export
+# specialises it to 1.
+MIN_DYNAMIC_SIZE = 3 * SIZE_MULTIPLE
 
 
 class ExportError(RuntimeError):
@@ -69,6 +73,7 @@ class ExportOptions:
     format: str = "aoti"
     onnx_msda_op: bool = False
     opset: int = DEFAULT_OPSET
+    onnx_optimize: bool = True  # onnxscript graph optimizer (constant folding, fusions); slow on big graphs
     # Keyword arguments forwarded to codetr.build_model (e.g. reduced-size config overrides).
     build_kwargs: Dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +101,10 @@ class ExportOptions:
                                  (self.min_width, self.max_width, "width")):
                 _check_multiple(f"--min-{what}", lo)
                 _check_multiple(f"--max-{what}", hi)
+                if lo < MIN_DYNAMIC_SIZE:
+                    raise ExportError(f"--min-{what} {lo} is below {MIN_DYNAMIC_SIZE}: at 32 or 64 px the stride-64 "
+                                      "level is 1 pixel and torch.export would fix that size; "
+                                      f"use --min-{what} >= {MIN_DYNAMIC_SIZE}")
                 if lo > hi:
                     raise ExportError(f"--min-{what} {lo} is larger than --max-{what} {hi}")
         else:
@@ -151,11 +160,11 @@ def resolve_preset(preset: Any):
     """Preset name or object -> codetr.presets.Preset; unknown name -> ExportError listing the valid ones."""
     from codetr import presets
 
-    if isinstance(preset, presets.Preset):
-        return preset
-    if preset not in presets.PRESETS:
-        raise ExportError(f"unknown preset {preset!r}; valid presets:\n  " + "\n  ".join(presets.PRESETS))
-    return presets.PRESETS[preset]
+    try:
+        return presets.get_preset(preset)
+    except KeyError:
+        raise ExportError(f"unknown preset {preset!r}; valid presets:\n  " + "\n  ".join(presets.PRESETS)
+                          + "\nreduced-size (tests): " + ", ".join(presets.REDUCED_PRESETS)) from None
 
 
 def build_export_model(opts: ExportOptions) -> nn.Module:
@@ -244,7 +253,6 @@ def engine_resize(opts: ExportOptions, meta_pre: Dict[str, Any]) -> Tuple[Dict[s
     if not opts.dynamic:
         resize["scale"] = [min(long_edge, max(opts.height, opts.width)),
                            min(short_edge, min(opts.height, opts.width))]
-        resize["engine_size"] = [opts.height, opts.width]
         return resize, {"size": [opts.height, opts.width]}
     pad = dict(meta_pre["pad"])
     if "size" in pad:

@@ -18,8 +18,8 @@ Two ways to write multi-scale deformable attention (MSDA):
              attention_weights  (B, Q, H, L, P)   float32, softmax-normalised over L*P
     output   output             (B, Q, H * D)     value's dtype
     attributes num_heads (H), num_levels (L), num_points (P), head_dim (D) (all int), and
-             spatial_shapes (ints, [h0, w0, h1, w1, ...]) when the export is static in H and W
-             (absent for dynamic H/W: read the input then).
+             static_spatial_shapes (ints, [h0, w0, h1, w1, ...]) when the export is static in H
+             and W (absent for dynamic H/W: read the spatial_shapes input then).
     Semantics: bilinear sampling with zeros outside each level's map, weighted sum over L*P
     (mmcv multi_scale_deformable_attn). ONNX runtimes without the plugin cannot run this file.
 """
@@ -64,7 +64,7 @@ def _register_msda_schema() -> None:
                     attr("num_levels", OpSchema.AttrType.INT, "feature levels L"),
                     attr("num_points", OpSchema.AttrType.INT, "sampling points per level P"),
                     attr("head_dim", OpSchema.AttrType.INT, "channels per head D"),
-                    attr("spatial_shapes", OpSchema.AttrType.INTS,
+                    attr("static_spatial_shapes", OpSchema.AttrType.INTS,
                          "static (h, w) per level, flattened; only in static exports", required=False)],
     )
     onnx.defs.register_schema(schema)
@@ -90,7 +90,7 @@ def _msda_translation():
         attrs = dict(num_heads=int(heads), num_levels=int(levels), num_points=int(points),
                      head_dim=int(value.shape[3]))
         if all(isinstance(s, int) for s in spatial_shapes):
-            attrs["spatial_shapes"] = [int(s) for s in spatial_shapes]
+            attrs["static_spatial_shapes"] = [int(s) for s in spatial_shapes]
         return codetr_opset.MultiScaleDeformableAttention(value, shapes, starts, sampling_locations,
                                                           attention_weights, **attrs)
 
@@ -132,7 +132,8 @@ def export_onnx(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, pr
             program = torch.onnx.export(
                 engine, args, dynamo=True, dynamic_shapes=dynamic_shapes_spec(opts, uses_mask),
                 input_names=input_names, output_names=["boxes", "scores", "labels"],
-                opset_version=opts.opset, custom_translation_table=table, verbose=False)
+                opset_version=opts.opset, custom_translation_table=table, optimize=opts.onnx_optimize,
+                verbose=False)
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     outputs = program_outputs(program.exported_program)
