@@ -27,6 +27,10 @@ class StandInEngine(torch.nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.with_mask = with_mask
+        # Fixed per-query offsets keep scores and sizes distinct on flat image regions, so the
+        # detection order never hinges on exact ties.
+        jitter = torch.rand(3, NUM_QUERIES, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("jitter", jitter)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
         b, _, h, w = images.shape
@@ -35,8 +39,8 @@ class StandInEngine(torch.nn.Module):
         xs = (torch.arange(30, device=images.device, dtype=torch.float32) + 0.5) / 30
         cy = ys[:, None].expand(10, 30).reshape(1, -1)
         cx = xs[None, :].expand(10, 30).reshape(1, -1)
-        bw = 0.05 + 0.25 * torch.sigmoid(feat[:, 0])
-        bh = 0.05 + 0.25 * torch.sigmoid(feat[:, 1] * 2.0)
+        bw = 0.05 + 0.2 * torch.sigmoid(feat[:, 0]) + 0.05 * self.jitter[0]
+        bh = 0.05 + 0.2 * torch.sigmoid(feat[:, 1] * 2.0) + 0.05 * self.jitter[1]
         if masks is not None:
             valid = ~masks
             valid_h = valid[:, :, 0].sum(1).float()[:, None]
@@ -44,12 +48,12 @@ class StandInEngine(torch.nn.Module):
         else:
             valid_h = torch.full((b, 1), float(h), device=images.device)
             valid_w = torch.full((b, 1), float(w), device=images.device)
-        x1 = ((cx - bw / 2) * valid_w).clamp(min=0) ; x1 = torch.minimum(x1, valid_w)
+        x1 = torch.minimum(((cx - bw / 2) * valid_w).clamp(min=0), valid_w)
         x2 = torch.minimum(((cx + bw / 2) * valid_w).clamp(min=0), valid_w)
         y1 = torch.minimum(((cy - bh / 2) * valid_h).clamp(min=0), valid_h)
         y2 = torch.minimum(((cy + bh / 2) * valid_h).clamp(min=0), valid_h)
         boxes = torch.stack([x1, y1, x2, y2], dim=-1)
-        scores = torch.sigmoid(feat.sum(1) * 1.5 + 0.5)
+        scores = torch.sigmoid(feat.sum(1) * 0.5 + 4.0 * self.jitter[2] - 2.0)
         labels = (torch.sigmoid(feat[:, 2] * 3.0) * self.num_classes).long().clamp(max=self.num_classes - 1)
         return boxes, scores, labels
 
@@ -112,3 +116,18 @@ def build_package(out_dir: os.PathLike, batch: int = 2, height: int = 160, width
 if __name__ == "__main__":
     import sys
     print(build_package(sys.argv[1]))
+
+
+# --- helpers shared by tests/test_runtime*.py -------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_dir() -> Path:
+    return Path(os.environ.get("CODETR_BUILD_DIR", REPO / "build")).resolve()
+
+
+def runtime_binary(name: str) -> Path:
+    """Path of a built runtime executable (codetr-detect, codetr_runtime_probe)."""
+    sub = "cpp" if name == "codetr-detect" else "cpp/tests"
+    return build_dir() / sub / name

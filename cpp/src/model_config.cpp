@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -245,6 +246,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
 }
 
 ModelConfig load_model_config(const std::string& model_dir) {
+  if (!std::filesystem::is_directory(model_dir)) throw Error("model directory '" + model_dir + "' does not exist");
   const std::string path = model_dir + "/model.json";
   std::ifstream in(path);
   if (!in) throw Error("cannot open " + path + " (is '" + model_dir + "' a directory written by `codetr export`?)");

@@ -143,6 +143,14 @@ PreprocessedBatch preprocess(const std::vector<ImageView>& images, const ModelCo
     ImageMeta meta;
     meta.original = {view.height, view.width};
     meta.resized = rescale_size(meta.original, pp.scale_long, pp.scale_short);
+    if (!geo.dynamic && (meta.resized.height > geo.height || meta.resized.width > geo.width)) {
+      // mmcv's (long, short) rule lets a portrait image outgrow a landscape static engine (and
+      // vice versa); such images are scaled to fit the engine instead, the aspect ratio kept.
+      const double fit = std::min(static_cast<double>(geo.height) / view.height,
+                                  static_cast<double>(geo.width) / view.width);
+      meta.resized = {std::min<int64_t>(static_cast<int64_t>(view.height * fit + 0.5), geo.height),
+                      std::min<int64_t>(static_cast<int64_t>(view.width * fit + 0.5), geo.width)};
+    }
     // mmdet recomputes the factors from the integer sizes (not the rescale factor).
     meta.w_scale = static_cast<float>(static_cast<double>(meta.resized.width) / view.width);
     meta.h_scale = static_cast<float>(static_cast<double>(meta.resized.height) / view.height);

@@ -23,14 +23,16 @@ std::vector<torch::Tensor> read_tensors(const std::string& path) {
   if (!in) throw codetr::Error("cannot open " + path);
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::vector<torch::Tensor> out;
-  for (const c10::IValue& v : torch::pickle_load(bytes).toListRef()) out.push_back(v.toTensor());
+  const c10::IValue list = torch::pickle_load(bytes);  // keeps the list alive while iterating
+  for (const c10::IValue& v : list.isTuple() ? list.toTupleRef().elements().vec() : list.toListRef().vec()) out.push_back(v.toTensor());
   return out;
 }
 
 void write_tensors(const std::string& path, const std::vector<torch::Tensor>& tensors) {
-  c10::List<torch::Tensor> list;
-  for (const torch::Tensor& t : tensors) list.push_back(t.cpu());
-  const std::vector<char> bytes = torch::pickle_save(c10::IValue(list));
+  // A tuple (not a typed tensor list) so that torch.load(weights_only=True) accepts the file.
+  std::vector<c10::IValue> items;
+  for (const torch::Tensor& t : tensors) items.emplace_back(t.cpu());
+  const std::vector<char> bytes = torch::pickle_save(c10::ivalue::Tuple::create(std::move(items)));
   std::ofstream out(path, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out) throw codetr::Error("cannot write " + path);

@@ -123,8 +123,20 @@ TEST(Preprocess, RowStrideAndErrors) {
   EXPECT_THROW(codetr::preprocess({codetr::ImageView{packed.data(), 0, 2}}, cfg, torch::kCPU), codetr::Error);
   EXPECT_THROW(codetr::preprocess({codetr::ImageView{packed.data(), 2, 2, codetr::PixelOrder::kRGB, 5}}, cfg, torch::kCPU),
                codetr::Error);
-  // An image whose resized size exceeds the static engine input is refused with the sizes named.
+  // A static engine fits an image that mmcv's rule would make too large (portrait 4x2 into the
+  // landscape 8x12 engine: 12x6 by the rule, 8x4 fitted).
+  std::vector<uint8_t> portrait(4 * 2 * 3, 7);
+  auto p = codetr::preprocess({codetr::ImageView{portrait.data(), 4, 2}}, cfg, torch::kCPU);
+  EXPECT_EQ(p.metas[0].resized.height, 8);
+  EXPECT_EQ(p.metas[0].resized.width, 4);
+  EXPECT_FLOAT_EQ(p.metas[0].h_scale, 2.f);
+  // A dynamic engine refuses an image beyond its maximum size, naming the sizes.
   codetr::ModelConfig too_big = cfg;
+  too_big.input.dynamic = true;
+  too_big.input.min_height = too_big.input.min_width = 1;
+  too_big.input.max_height = 8;
+  too_big.input.max_width = 12;
+  too_big.preprocess.pad_size_divisor = 1;
   too_big.preprocess.scale_long = 24;
   too_big.preprocess.scale_short = 16;
   try {

@@ -53,7 +53,9 @@ struct PreprocessedBatch {
 // naming `what` (e.g. the file) otherwise.
 void check_image(const ImageView& image, const std::string& what);
 
-// Preprocesses images into one batch. The padded size is the engine's static size, or for a
+// Preprocesses images into one batch. Each image is resized with rescale_size(scale); for a
+// static engine, an image that would then not fit (e.g. portrait into a landscape engine) is
+// instead resized by min(engine H / h, engine W / w), the aspect ratio kept. The padded size is the engine's static size, or for a
 // dynamic engine the batch's largest resized size rounded up to the pad divisor (at least the
 // engine minimum). Throws codetr::Error when a resized image does not fit the engine.
 PreprocessedBatch preprocess(const std::vector<ImageView>& images, const ModelConfig& config,

@@ -1,0 +1,241 @@
+"""End-to-end tests of the C++ CLI `codetr-detect` on a stand-in AOTInductor package.
+
+The stand-in engine (tests/runtime_standin.py) follows model.json's engine contract; the C++
+detections are compared with a Python reference: cv2 preprocessing, the stand-in module run
+eagerly, and an independent Python implementation of mmcv's batched soft-NMS / torchvision NMS.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import runtime_standin as standin
+
+cv2 = pytest.importorskip("cv2", reason="opencv-python-headless provides the cv2 reference")
+torchvision = pytest.importorskip("torchvision")
+
+DATA = Path(__file__).resolve().parent / "data"
+DEMO = standin.REPO / "python" / "codetr" / "assets" / "demo.jpg"
+CLI = standin.runtime_binary("codetr-detect")
+JSON_KEYS = {"file_name", "image_id", "category_id", "bbox", "score"}
+
+
+@pytest.fixture(scope="session")
+def cli() -> Path:
+    if not CLI.exists():
+        pytest.skip(f"{CLI} is not built (tools/build.sh; needs OpenCV)")
+    return CLI
+
+
+@pytest.fixture(scope="session")
+def package(tmp_path_factory) -> Path:
+    # Static batch 2 with a padding mask: 3+ images exercise chunking and batch filling.
+    return standin.build_package(tmp_path_factory.mktemp("standin"), batch=2, height=160, width=224)
+
+
+def run_cli(cli, *args, check_rc=None):
+    proc = subprocess.run([str(cli), *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+# --- Python reference ------------------------------------------------------------------------
+
+def reference_preprocess(bgr: np.ndarray, cfg: dict):
+    pp, geo = cfg["preprocess"], cfg["input"]
+    h, w = bgr.shape[:2]
+    long_edge, short_edge = max(pp["resize"]["scale"]), min(pp["resize"]["scale"])
+    factor = min(long_edge / max(h, w), short_edge / min(h, w))
+    nh, nw = int(h * factor + 0.5), int(w * factor + 0.5)
+    H, W = geo["height"], geo["width"]
+    if nh > H or nw > W:  # static engine: fit (see codetr::preprocess)
+        fit = min(H / h, W / w)
+        nh, nw = min(int(h * fit + 0.5), H), min(int(w * fit + 0.5), W)
+    img = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if pp["bgr_to_rgb"]:
+        img = img[:, :, ::-1]
+    norm = (img.astype(np.float32) - np.float32(pp["mean"])) / np.float32(pp["std"])
+    images = torch.full((1, 3, H, W), float(pp["pad_value"]))
+    images[0, :, :nh, :nw] = torch.from_numpy(np.ascontiguousarray(norm.transpose(2, 0, 1)))
+    masks = torch.ones(1, H, W, dtype=torch.bool)
+    masks[0, :nh, :nw] = False
+    return images, masks, (nw / w, nh / h)
+
+
+def reference_soft_nms(boxes, scores, iou_thr, method, sigma, min_score):
+    """mmcv soft_nms semantics, written plainly: pick the best remaining box, decay the rest."""
+    boxes = boxes.double()
+    scores = scores.double().clone()
+    remaining = list(range(len(scores)))
+    keep, kept_scores = [], []
+    while remaining:
+        best = max(remaining, key=lambda i: scores[i].item())
+        keep.append(best)
+        kept_scores.append(scores[best].item())
+        remaining.remove(best)
+        if not remaining:
+            break
+        rest = torch.tensor(remaining)
+        ious = torchvision.ops.box_iou(boxes[best:best + 1], boxes[rest])[0]
+        if method == "linear":
+            weight = torch.where(ious >= iou_thr, 1 - ious, torch.ones_like(ious))
+        else:
+            weight = torch.exp(-(ious ** 2) / sigma)
+        scores[rest] *= weight
+        remaining = [i for i in remaining if scores[i] >= min_score]
+    return torch.tensor(keep, dtype=torch.long), torch.tensor(kept_scores)
+
+
+def reference_postprocess(boxes, scores, labels, scale, ori_hw, post: dict):
+    if post["score_thr"] > 0:
+        valid = scores > post["score_thr"]
+        boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
+    nms = post["nms"]
+    if nms["type"] == "soft_nms":
+        shifted = boxes + (labels.float() * (boxes.max() + 1))[:, None]
+        keep, scores = reference_soft_nms(shifted, scores, nms["iou_threshold"], nms["method"], nms["sigma"],
+                                          nms["min_score"])
+    elif nms["type"] == "nms":
+        keep = torchvision.ops.batched_nms(boxes, scores, labels, nms["iou_threshold"])
+        scores = scores[keep]
+    else:
+        keep = torch.arange(len(scores))
+    keep, scores = keep[:post["max_per_img"]], scores[:post["max_per_img"]]
+    w_scale, h_scale = scale
+    out = boxes[keep] / torch.tensor([w_scale, h_scale, w_scale, h_scale], dtype=torch.float32)
+    out[:, 0::2] = out[:, 0::2].clamp(0, ori_hw[1])
+    out[:, 1::2] = out[:, 1::2].clamp(0, ori_hw[0])
+    return out, scores.float(), labels[keep]
+
+
+def reference_detections(path: Path, cfg: dict, post: dict):
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    images, masks, scale = reference_preprocess(bgr, cfg)
+    engine = standin.StandInEngine(len(cfg["classes"]), with_mask=True).eval()
+    with torch.no_grad():
+        boxes, scores, labels = engine(images, masks)
+    return reference_postprocess(boxes[0], scores[0], labels[0], scale, bgr.shape[:2], post)
+
+
+def detections_by_file(results: list) -> dict:
+    by_file = {}
+    for r in results:
+        by_file.setdefault(r["file_name"], []).append(r)
+    return by_file
+
+
+def assert_matches_reference(results, images, cfg, post):
+    by_file = detections_by_file(results)
+    for path in images:
+        ref_boxes, ref_scores, ref_labels = reference_detections(path, cfg, post)
+        got = by_file.get(path.name, [])
+        assert len(got) == len(ref_labels), path.name
+        got_xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (g["bbox"] for g in got)])
+        torch.testing.assert_close(got_xyxy, ref_boxes, rtol=1e-3, atol=1e-3, msg=path.name)
+        assert [g["category_id"] for g in got] == ref_labels.tolist(), path.name
+        torch.testing.assert_close(torch.tensor([g["score"] for g in got]), ref_scores, rtol=1e-4, atol=1e-5)
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+def test_cli_matches_python_reference_and_writes_outputs(cli, package, tmp_path):
+    cfg = json.loads((package / "model.json").read_text())
+    images = sorted(DATA.iterdir()) + [DEMO]  # 4 images on a batch-2 engine: two engine calls
+    out_dir, out_json = tmp_path / "annotated", tmp_path / "results.json"
+    proc = run_cli(cli, "--model", package, "--out-dir", out_dir, "--json", out_json, DATA, DEMO, check_rc=0)
+    assert "[4/4]" in proc.stderr  # progress over the directory's images
+
+    results = json.loads(out_json.read_text())
+    assert results, "no detections"
+    for r in results:
+        assert set(r) == JSON_KEYS
+        assert isinstance(r["category_id"], int) and 0 <= r["category_id"] < len(cfg["classes"])
+        assert isinstance(r["image_id"], int)
+        assert len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0
+        assert 0 < r["score"] <= 1
+    assert sorted({r["file_name"] for r in results}) == sorted(p.name for p in images)
+    ids = {r["file_name"]: r["image_id"] for r in results}
+    assert [ids[p.name] for p in images] == [0, 1, 2, 3]  # input positions (names are not numbers)
+
+    for path in images:
+        annotated = cv2.imread(str(out_dir / path.name))
+        original = cv2.imread(str(path))
+        assert annotated is not None and annotated.shape == original.shape, path.name
+        assert np.abs(annotated.astype(int) - original.astype(int)).max() > 100, f"{path.name}: nothing drawn"
+
+    assert_matches_reference(results, images, cfg, cfg["postprocess"])
+
+
+def test_cli_overrides_match_reference_with_hard_nms_and_a_batch_filled_up(cli, package, tmp_path):
+    cfg = json.loads((package / "model.json").read_text())
+    post = dict(cfg["postprocess"], score_thr=0.3, nms={"type": "nms", "iou_threshold": 0.4})
+    images = [DATA / "shapes_517x333.jpg", DATA / "shapes_90x140_portrait.png", DEMO]  # 2 + 1 (filled)
+    out_json = tmp_path / "r.json"
+    run_cli(cli, "--model", package, "--nms", "hard", "--iou", 0.4, "--score-thr", 0.3, "--batch", 3,
+            "--json", out_json, *images, check_rc=0)
+    results = json.loads(out_json.read_text())
+    assert all(r["score"] > 0.3 for r in results)
+    assert_matches_reference(results, images, cfg, post)
+
+
+def test_cli_reports_bad_images_and_processes_the_others(cli, package, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(DATA / "shapes_200x150.png", inputs / "good.png")
+    (inputs / "empty.jpg").write_bytes(b"")
+    (inputs / "corrupt.jpg").write_bytes(b"this is not a jpeg" * 10)
+    (inputs / "truncated.png").write_bytes((DATA / "shapes_200x150.png").read_bytes()[:200])
+    out_json = tmp_path / "r.json"
+    proc = run_cli(cli, "--model", package, "--json", out_json, inputs, tmp_path / "missing.png", check_rc=1)
+    for name in ["empty.jpg", "corrupt.jpg", "truncated.png", "missing.png"]:
+        assert name in proc.stderr, name
+    assert "processed 1 of 4 image(s), 4 failure(s)" in proc.stderr
+    names = {r["file_name"] for r in json.loads(out_json.read_text())}
+    assert names == {"good.png"}
+
+
+def test_cli_refuses_missing_or_mismatched_model_dirs(cli, package, tmp_path):
+    image = DATA / "shapes_200x150.png"
+    proc = run_cli(cli, "--model", tmp_path / "nope", image, check_rc=2)
+    assert "nope" in proc.stderr and "does not exist" in proc.stderr
+
+    def variant(name, edit=None, drop_package=False):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = json.loads((package / "model.json").read_text())
+        if edit:
+            edit(cfg)
+        (d / "model.json").write_text(json.dumps(cfg))
+        if not drop_package:
+            (d / "model.pt2").symlink_to(package / "model.pt2")
+        return d
+
+    cases = {
+        "old_torch": (lambda c: c.update(torch_version="1.13.1"), "built with torch 1.13.1"),
+        "no_mean": (lambda c: c["preprocess"].pop("mean"), "missing key 'preprocess.mean'"),
+        "bad_type": (lambda c: c["input"].update(height="160"), "'input.height' must be an integer"),
+        "onnx": (lambda c: c.update(engine={"format": "onnx", "file": "model.onnx"}), "engine format 'onnx'"),
+    }
+    for name, (edit, message) in cases.items():
+        proc = run_cli(cli, "--model", variant(name, edit), image, check_rc=2)
+        assert message in proc.stderr, (name, proc.stderr)
+    proc = run_cli(cli, "--model", variant("no_package", drop_package=True), image, check_rc=2)
+    assert "model.pt2 does not exist" in proc.stderr
+    # A CPU package asked to run on CUDA: refused (whether or not this machine has a GPU).
+    proc = run_cli(cli, "--model", package, "--device", "cuda", image, check_rc=2)
+    assert "compiled for cpu" in proc.stderr
+    proc = run_cli(cli, "--model", package, "--nms", "fast", image, check_rc=2)
+    assert "--nms must be soft, hard or none" in proc.stderr
+
+
+def test_cli_benchmark_reports_stage_split(cli, package):
+    proc = run_cli(cli, "--model", package, "--benchmark", 5, "--batch", 2, DATA, check_rc=0)
+    for word in ["preprocess", "engine", "postprocess", "end-to-end", "median", "p90", "p99", "images/s"]:
+        assert word in proc.stdout, word
