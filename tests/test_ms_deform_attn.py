@@ -280,6 +280,29 @@ def test_cuda_non_contiguous_and_empty():
 
 
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_cuda_views_at_odd_element_offsets(dtype):
+    """Contiguous views that start mid-vector: the kernels fall back to narrower loads (value) or
+    copy (sampling_locations) instead of issuing misaligned vector loads."""
+    value, loc, attn = make_case(FIVE_LEVELS, device="cuda", dtype=dtype)
+
+    def shifted(t):
+        buf = torch.empty(t.numel() + 1, device=t.device, dtype=t.dtype)
+        view = buf[1:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    out = ms_deform_attn(shifted(value), FIVE_LEVELS, shifted(loc), attn)
+    assert rel_err(out, reference(value, FIVE_LEVELS, loc, attn)) <= CUDA_TOL[dtype]
+    inputs = [shifted(t).requires_grad_() for t in (value, loc, attn)]
+    ms_deform_attn(*inputs[:1], FIVE_LEVELS, *inputs[1:]).sum().backward()
+    ref_inputs = [t.detach().cpu().double().requires_grad_() for t in (value, loc, attn)]
+    ms_deform_attn_pytorch(ref_inputs[0], FIVE_LEVELS, *ref_inputs[1:]).sum().backward()
+    for got, want in zip(inputs, ref_inputs):
+        assert rel_err(got.grad, want.grad) <= CUDA_GRAD_TOL[dtype]
+
+
+@cuda
 def test_cuda_device_mix_is_rejected():
     value, loc, attn = make_case(ONE_LEVEL, device="cuda")
     with pytest.raises(RuntimeError, match="all tensors must be on one device"):

@@ -68,7 +68,7 @@ void backward_cpu(const scalar_t* grad_output, const scalar_t* value,
 // ---- CUDA ---------------------------------------------------------------------------------
 enum class DType { kFloat32, kFloat16, kBFloat16, kFloat64 };
 
-// Pointers are device pointers; value_dtype is the dtype of value/output/grad_output,
+// Pointers are device pointers, sampling_locations aligned to one (x, y) pair; value_dtype is the dtype of value/output/grad_output,
 // coord_dtype that of sampling_locations/attention_weights and their gradients (value_dtype or
 // kFloat32). grad_value_accum is zero-filled by the caller and has dtype float32 (float64 when
 // value is float64); the caller casts it to value's dtype.

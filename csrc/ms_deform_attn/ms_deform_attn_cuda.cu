@@ -169,8 +169,8 @@ __global__ void __launch_bounds__(kForwardThreadsPerBlock)
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int lp = l * P + p;
-      const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(loc[2 * lp]), to_acc<acc_t>(loc[2 * lp + 1]),
-                                                 height, width);
+      const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(loc + 2 * lp);
+      const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(xy.v[0]), to_acc<acc_t>(xy.v[1]), height, width);
       int offset[4];
       acc_t weight[4];
       corner_offsets_and_weights(s, to_acc<acc_t>(attn[lp]), height, width, static_cast<int>(row_stride),
@@ -240,8 +240,8 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
     const int64_t level_offset = value_offset + levels.start[l] * row_stride;
     for (int p = 0; p < P; ++p) {
       const int lp = l * P + p;
-      const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(loc[2 * lp]), to_acc<acc_t>(loc[2 * lp + 1]),
-                                                 height, width);
+      const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(loc + 2 * lp);
+      const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(xy.v[0]), to_acc<acc_t>(xy.v[1]), height, width);
       const acc_t a = to_acc<acc_t>(attn[lp]);
       acc_t grad_a = 0, grad_fx = 0, grad_fy = 0;
       if (lane_ok && s.inside) {

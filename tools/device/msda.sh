@@ -9,10 +9,18 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
+# The image's environment linked a static libstdc++ into the library (its own std::ostream code
+# crashed on every TORCH_CHECK message, 2026-11-24): build without inherited flags.
+env | grep -E "^(LDFLAGS|CXXFLAGS|CFLAGS|CPPFLAGS|CXX|CC)=" > "$OUT/env-flags.txt"
+cat "$OUT/env-flags.txt"
+unset LDFLAGS CXXFLAGS CFLAGS CPPFLAGS
 echo "== build"
 CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
   -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 tail -1 "$OUT/build.log"
+ninja -C build-device -t commands | grep -o -- "-static-lib[a-z+]*" | sort -u | sed 's/^/link flag: /'
+grep -rl -- "-static-libstdc" "$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" 2>/dev/null \
+  | sed 's/^/static-libstdc++ named in: /'
 LIB=$PWD/build-device/csrc/libcodetr_ops.so
 
 # On this image, C++ exceptions raised from the op library (TORCH_CHECK errors) crashed the
