@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from codetr.cli import main
-from codetr.export import ExportError, ExportOptions, engine_resize
+from codetr.export import ExportError, ExportOptions, default_engine_size, engine_resize
 from codetr.modeljson import load_model_json, validate_engine_inputs
 from codetr.presets import COCO_CLASSES, PRESETS, get_preset
 from conftest import TINY_PACKAGE_SIZE, TINY_R50_WEIGHTS, TINY_SWIN_WEIGHTS
@@ -105,6 +105,20 @@ def test_static_engine_resize_rule(hw, scale):
     assert int(img_long * factor + 0.5) <= long_edge and int(img_short * factor + 0.5) <= short_edge
 
 
+@pytest.mark.parametrize("name, size", [
+    (R50, (800, 1344)),                                           # (1333, 800) rounded up to 32
+    ("co_dino_5scale_r50_lsj_8xb2_1x_coco", (1024, 1024)),        # LSJ: the fixed pad size
+    ("co_dino_5scale_swin_l_lsj_16xb1_1x_coco", (1280, 1280)),
+    ("co_dino_5scale_swin_l_16xb1_16e_o365tococo", (1280, 2048)),  # (2048, 1280)
+])
+def test_default_static_size(name, size):
+    assert default_engine_size(get_preset(name)) == size
+    opts = ExportOptions(preset=name, output=".", height=size[0], width=size[1])
+    resize, pad = engine_resize(opts, _pre(name))
+    assert resize["scale"] == _pre(name)["resize"]["scale"]  # the default engine keeps mmdet's scale exactly
+    assert pad == {"size": list(size)}
+
+
 def test_dynamic_engine_keeps_the_preset_rule():
     opts = ExportOptions(preset=R50, output=".", dynamic=True, min_height=320, max_height=1344,
                          min_width=320, max_width=1344)
@@ -169,23 +183,29 @@ def test_package_calls_the_custom_op(exported_tiny_package):
 
 
 def test_package_matches_eager(exported_tiny_package):
+    """The compiled package vs eager on the golden inputs (no near-tied scores there, so the top-300
+    order is stable), one image at a time with its padding mask."""
+    from safetensors.torch import load_file
+
     from codetr.models import build_model
 
     model = build_model("tiny_r50", checkpoint=TINY_R50_WEIGHTS, msda_impl="op")
     runner = torch._inductor.aoti_load_package(str(exported_tiny_package / "model.pt2"))
-    h, w = TINY_PACKAGE_SIZE
-    images = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(3))
-    masks = torch.zeros(1, h, w, dtype=torch.bool)
-    masks[:, 100:, :] = True
-    masks[:, :, 120:] = True
-    validate_engine_inputs(load_model_json(exported_tiny_package), images, masks)
-    got = runner(images, masks)
-    want = model(images, masks)
-    for g, r in zip(got[:2], want[:2]):
-        assert (g - r).norm() / r.norm() <= 1e-4
-    assert torch.equal(got[2], want[2])
-    # boxes live inside the valid (unpadded) 100 x 120 region
-    assert got[0][..., 0::2].max() <= 120 and got[0][..., 1::2].max() <= 100
+    spec = load_model_json(exported_tiny_package)
+    golden = load_file(str(TINY_R50_WEIGHTS).replace(".safetensors", "_io.safetensors"))
+    assert tuple(golden["images"].shape[2:]) == TINY_PACKAGE_SIZE
+    for i, (valid_h, valid_w) in enumerate(golden["img_shape"].tolist()):
+        images = golden["images"][i:i + 1]
+        masks = torch.ones(1, *TINY_PACKAGE_SIZE, dtype=torch.bool)
+        masks[:, :valid_h, :valid_w] = False
+        validate_engine_inputs(spec, images, masks)
+        got = runner(images, masks)
+        want = model(images, masks)
+        for g, r in zip(got[:2], want[:2]):
+            assert (g - r).norm() / r.norm() <= 1e-4
+        assert torch.equal(got[2], want[2])
+        # boxes are in input pixels inside the valid (unpadded) region
+        assert got[0][..., 0::2].max() <= valid_w and got[0][..., 1::2].max() <= valid_h
 
 
 # ---------------------------------------------------------------------------------------------

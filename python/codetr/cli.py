@@ -12,7 +12,7 @@ from typing import List, Optional
 
 
 def _add_export_parser(subparsers) -> None:
-    from codetr.export import DEFAULT_HEIGHT, DEFAULT_OPSET, DEFAULT_WIDTH, DTYPES, FORMATS
+    from codetr.export import DEFAULT_OPSET, DTYPES, FORMATS
     from codetr.presets import PRESETS
 
     p = subparsers.add_parser(
@@ -27,8 +27,10 @@ def _add_export_parser(subparsers) -> None:
     p.add_argument("--format", choices=FORMATS, default="aoti")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device the engine runs on")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype")
-    p.add_argument("--height", type=int, default=DEFAULT_HEIGHT, help="static input height (multiple of 32)")
-    p.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="static input width (multiple of 32)")
+    p.add_argument("--height", type=int, default=None,
+                   help="static input height (multiple of 32); default: the preset's fixed pad size (LSJ) "
+                        "or its resize scale rounded up to 32 as a landscape image (1333x800 -> 800x1344)")
+    p.add_argument("--width", type=int, default=None, help="static input width (multiple of 32); see --height")
     p.add_argument("--batch", type=int, default=1, help="static batch size")
     p.add_argument("--dynamic", action="store_true", help="dynamic H and W (multiples of 32) in a range")
     for side in ("height", "width"):

@@ -18,12 +18,13 @@ Resize rule written into model.json (what a user of mmdet expects, bounded by th
   to exactly (H, W). For images of the engine's orientation (landscape image in a W >= H engine,
   portrait in H > W) this is mmdet's rule capped at the engine size, so the resized image always
   fits. An image of the other orientation can come out larger than a non-square engine along one
-  side; the C++ runtime then refuses it with a clear error (export a square or a dynamic engine
-  for mixed orientations).
+  side; the C++ runtime then scales it to fit the engine instead (aspect ratio kept), i.e. smaller
+  than mmdet would — export a square or a dynamic engine for mixed orientations.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -41,8 +42,6 @@ from codetr.modeljson import FORMAT_VERSION, MODEL_JSON, SIZE_MULTIPLE, io_spec
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FORMATS = ("aoti", "onnx")
 DEFAULT_OPSET = 18
-# Static default: the 1333x800 mmdet scale rounded up to the size multiple (landscape).
-DEFAULT_HEIGHT, DEFAULT_WIDTH = 800, 1344
 # Smallest dynamic H/W: the coarsest level (stride 64) must be >= 2 pixels, or torch.export
 # specialises it to 1.
 MIN_DYNAMIC_SIZE = 3 * SIZE_MULTIPLE
@@ -59,8 +58,8 @@ class ExportOptions:
     checkpoint: Optional[Path] = None
     device: str = "cpu"
     dtype: str = "float32"
-    height: int = DEFAULT_HEIGHT
-    width: int = DEFAULT_WIDTH
+    height: Optional[int] = None  # static size; None: the preset's default_engine_size()
+    width: Optional[int] = None
     batch: int = 1
     dynamic: bool = False
     min_height: Optional[int] = None
@@ -271,10 +270,10 @@ def engine_resize(opts: ExportOptions, meta_pre: Dict[str, Any]) -> Tuple[Dict[s
     return resize, pad
 
 
-def build_model_json(opts: ExportOptions, meta: Dict[str, Any], classes: list, engine_file: str,
-                     inputs: list, outputs: list) -> Dict[str, Any]:
+def build_model_json(opts: ExportOptions, meta: Dict[str, Any], classes: list, resize_pad: Tuple[dict, dict],
+                     engine_file: str, inputs: list, outputs: list) -> Dict[str, Any]:
     pre = dict(meta["preprocess"])
-    pre["resize"], pre["pad"] = engine_resize(opts, pre)
+    pre["resize"], pre["pad"] = resize_pad
     if opts.dynamic:
         size = {"dynamic": True, "min_height": opts.min_height, "max_height": opts.max_height,
                 "min_width": opts.min_width, "max_width": opts.max_width}
@@ -339,14 +338,30 @@ def program_outputs(program: torch.export.ExportedProgram) -> Tuple[torch.Tensor
     return tuple(arg.meta["val"] for arg in output_node.args[0])
 
 
+def default_engine_size(preset) -> Tuple[int, int]:
+    """Static (H, W) when none is given: the preset's fixed pad size (LSJ), else its resize scale
+    (long, short) as a landscape image rounded up to the multiple of 32 (1333x800 -> 800x1344)."""
+    pipeline = preset.pipeline
+    if pipeline.pad_size is not None:
+        return tuple(pipeline.pad_size)
+    long_edge, short_edge = max(pipeline.resize_scale), min(pipeline.resize_scale)
+    return (math.ceil(short_edge / SIZE_MULTIPLE) * SIZE_MULTIPLE,
+            math.ceil(long_edge / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
 def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Export `opts.preset`: DIR/model.pt2 (or model.onnx) + DIR/model.json.
 
     Returns {"engine": path, "model_json": path, "spec": model.json dict, "timings": {...},
     "size_bytes": int, plus format-specific counts}.
     """
+    preset = resolve_preset(opts.preset)
+    if not opts.dynamic and (opts.height is None or opts.width is None):
+        default_h, default_w = default_engine_size(preset)
+        opts = dataclasses.replace(opts, height=opts.height or default_h, width=opts.width or default_w)
     opts.validate()
-    meta = resolve_preset(opts.preset).to_metadata()
+    meta = preset.to_metadata()
+    resize_pad = engine_resize(opts, meta["preprocess"])  # refuses unusable ranges before any work
     progress = Progress(log)
     out_dir = Path(opts.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -363,7 +378,7 @@ def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[s
         engine_path, outputs, extra = export_aoti(opts, model, uses_mask, args, progress)
 
     inputs_spec, outputs_spec = engine_io(opts, uses_mask, outputs)
-    spec = build_model_json(opts, meta, model.classes, engine_path.name, inputs_spec, outputs_spec)
+    spec = build_model_json(opts, meta, model.classes, resize_pad, engine_path.name, inputs_spec, outputs_spec)
     json_path = write_model_json(out_dir, spec)
     size_mb = engine_path.stat().st_size / 2**20
     log(f"[codetr export] wrote {engine_path} ({size_mb:.1f} MiB) and {json_path}")
