@@ -40,3 +40,15 @@ def test_export_dynamic_hw():
     for size, valid in [((96, 96), (80, 96)), ((128, 160), (128, 100))]:
         x2, m2 = _inputs(*size, *valid)
         _assert_same(ep.module()(x2, m2), model(x2, m2))
+
+
+def test_export_dynamic_hw_swin_without_mask():
+    """LSJ-style call (no mask) through Swin's window padding / shifted-window mask with symbolic
+    sizes; >= 416 px keeps >= 2 attention windows per axis at stride 32 (see codino.py)."""
+    model = build_model("tiny_swin", msda_impl="op" if op_library_available() else "pytorch")
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 416, 448)
+    h, w = Dim("h", min=13, max=64), Dim("w", min=13, max=64)
+    ep = export(model, (x,), dynamic_shapes={"images": {2: 32 * h, 3: 32 * w}})
+    x2 = torch.randn(1, 3, 448, 416)
+    _assert_same(ep.module()(x2), model(x2))

@@ -7,8 +7,10 @@ K = max_per_img (300). Boxes are mmdet's pre-rescale ``pred_instances`` (before 
 boxes times the valid image size and clamped to it. The valid size comes from the mask (tensor
 ops, no data-dependent Python control flow) or is the whole input when ``masks`` is None.
 
-torch.export: static shapes, or dynamic H, W as multiples of 32 with H, W >= 96 (at 32 or 64 px
-the stride-64 level is 1 pixel wide, and torch specialises size-1 dimensions).
+torch.export: static shapes, or dynamic H, W as multiples of 32. torch specialises dimensions
+of size 1, so the dynamic range must keep them >= 2: ResNet presets need H, W >= 96 (the
+stride-64 level is 1 pixel at 32/64 px); Swin presets need H, W >= 416 (at most 12 px at stride
+32 is a single 12x12 attention window per axis) and an example input of at least that size.
 """
 from __future__ import annotations
 

@@ -57,25 +57,28 @@ class ShiftWindowMSA(nn.Module):
         self.shift = shift
         self.w_msa = WindowMSA(embed_dims, num_heads, window)
 
-    def _partition(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
+    def _partition(self, x: torch.Tensor, n_h, n_w) -> torch.Tensor:
+        """(B, n_h*ws, n_w*ws, C) -> (B*n_h*n_w, ws*ws, C); window counts passed in so that
+        symbolic shapes stay products (torch.export proves the views without modular reasoning)."""
+        B, C = x.shape[0], x.shape[3]
         ws = self.window
-        x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+        x = x.view(B, n_h, ws, n_w, ws, C).permute(0, 1, 3, 2, 4, 5)
         return x.reshape(-1, ws * ws, C)
 
-    def _shift_mask(self, H: int, W: int, device) -> torch.Tensor:
+    def _shift_mask(self, n_h, n_w, device) -> torch.Tensor:
         """Attention mask of the shifted windows: 0 within one region, -100 across regions.
 
         Regions as mmdet slices them: rows [0, H-ws), [H-ws, H-shift), [H-shift, H), same for
         columns; region id = 3 * row_region + col_region.
         """
         ws, s = self.window, self.shift
+        H, W = n_h * ws, n_w * ws
         rows = torch.arange(H, device=device)
         cols = torch.arange(W, device=device)
         row_region = (rows >= H - ws).long() + (rows >= H - s).long()
         col_region = (cols >= W - ws).long() + (cols >= W - s).long()
         region = (row_region[:, None] * 3 + col_region[None, :]).float()
-        windows = self._partition(region[None, :, :, None]).squeeze(-1)  # (nW, N)
+        windows = self._partition(region[None, :, :, None], n_h, n_w).squeeze(-1)  # (nW, N)
         diff = windows[:, None, :] - windows[:, :, None]
         return torch.where(diff != 0, torch.full_like(diff, -100.0), torch.zeros_like(diff))
 
@@ -83,18 +86,15 @@ class ShiftWindowMSA(nn.Module):
         B, L, C = x.shape
         H, W = hw
         ws = self.window
-        x = x.view(B, H, W, C)
-        pad_r = (ws - W % ws) % ws
-        pad_b = (ws - H % ws) % ws
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = x.shape[1], x.shape[2]
+        n_h, n_w = (H + ws - 1) // ws, (W + ws - 1) // ws  # windows per axis after padding
+        x = F.pad(x.view(B, H, W, C), (0, 0, 0, n_w * ws - W, 0, n_h * ws - H))
         if self.shift > 0:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-            mask = self._shift_mask(Hp, Wp, x.device).to(x.dtype)
+            mask = self._shift_mask(n_h, n_w, x.device).to(x.dtype)
         else:
             mask = None
-        out = self.w_msa(self._partition(x), mask)
-        out = out.view(B, Hp // ws, Wp // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+        out = self.w_msa(self._partition(x, n_h, n_w), mask)
+        out = out.view(B, n_h, n_w, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, n_h * ws, n_w * ws, C)
         if self.shift > 0:
             out = torch.roll(out, shifts=(self.shift, self.shift), dims=(1, 2))
         return out[:, :H, :W, :].reshape(B, H * W, C)
@@ -136,10 +136,10 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
         B, L, C = x.shape
         H, W = hw
-        x = F.pad(x.view(B, H, W, C), (0, 0, 0, W % 2, 0, H % 2))
-        H, W = x.shape[1] // 2, x.shape[2] // 2
-        x = x.view(B, H, 2, W, 2, C).permute(0, 1, 3, 5, 2, 4).reshape(B, H * W, 4 * C)
-        return self.reduction(self.norm(x)), (H, W)
+        out_h, out_w = (H + 1) // 2, (W + 1) // 2
+        x = F.pad(x.view(B, H, W, C), (0, 0, 0, 2 * out_w - W, 0, 2 * out_h - H))
+        x = x.view(B, out_h, 2, out_w, 2, C).permute(0, 1, 3, 5, 2, 4).reshape(B, out_h * out_w, 4 * C)
+        return self.reduction(self.norm(x)), (out_h, out_w)
 
 
 class SwinStage(nn.Module):
@@ -168,7 +168,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor):
         p = self.patch_size
-        x = F.pad(x, (0, (p - x.shape[3] % p) % p, 0, (p - x.shape[2] % p) % p))
+        H, W = x.shape[2], x.shape[3]
+        x = F.pad(x, (0, (W + p - 1) // p * p - W, 0, (H + p - 1) // p * p - H))
         x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw
