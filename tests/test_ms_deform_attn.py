@@ -282,8 +282,8 @@ def test_cuda_non_contiguous_and_empty():
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 def test_cuda_views_at_odd_element_offsets(dtype):
-    """Contiguous views that start mid-vector: the kernels fall back to narrower loads (value) or
-    copy (sampling_locations) instead of issuing misaligned vector loads."""
+    """Contiguous views that start mid-vector are copied to aligned memory, not read with
+    misaligned vector loads."""
     value, loc, attn = make_case(FIVE_LEVELS, device="cuda", dtype=dtype)
 
     def shifted(t):

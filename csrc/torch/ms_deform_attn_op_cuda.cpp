@@ -29,13 +29,13 @@ msda::DType to_kernel_dtype(at::ScalarType t) {
   }
 }
 
-// The kernels load each (x, y) pair as one vector: a contiguous tensor starts on a pair unless
-// it is a view at an odd element offset, which gets copied.
-at::Tensor pair_aligned(const at::Tensor& sampling_locations) {
-  const auto pair_bytes = static_cast<uintptr_t>(2 * sampling_locations.element_size());
-  const auto address = reinterpret_cast<uintptr_t>(sampling_locations.const_data_ptr());
-  return address % pair_bytes == 0 ? sampling_locations : sampling_locations.clone();
+// The kernels load value/grad_output rows as 16-byte vectors and each (x, y) pair as one vector.
+// A contiguous tensor is aligned unless it is a view at an odd element offset: copy those.
+at::Tensor aligned_to(const at::Tensor& contiguous, size_t bytes) {
+  const auto address = reinterpret_cast<uintptr_t>(contiguous.const_data_ptr());
+  return address % bytes == 0 ? contiguous : contiguous.clone();
 }
+constexpr size_t kVectorBytes = 16;
 
 void check_cuda(const char* op, const at::Tensor& value, const msda::Sizes& sizes) {
   TORCH_CHECK(value.device().is_cuda(), op, ": CUDA kernel called with value on ", value.device());
@@ -59,8 +59,8 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, at::IntArrayRef spatial_
   const auto& sz = problem.sizes;
   auto output = at::empty({sz.batch, sz.num_queries, sz.num_heads * sz.head_dim}, value.options());
   if (output.numel() == 0) return output;
-  const auto v = value.contiguous();
-  const auto loc = pair_aligned(sampling_locations.contiguous());
+  const auto v = aligned_to(value.contiguous(), kVectorBytes);
+  const auto loc = aligned_to(sampling_locations.contiguous(), 2 * sampling_locations.element_size());
   const auto attn = attention_weights.contiguous();
   msda::CudaArgs args;
   args.value_dtype = to_kernel_dtype(value.scalar_type());
@@ -86,10 +86,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   check_cuda(op, value, problem.sizes);
   const c10::cuda::CUDAGuard device_guard(value.device());
   const auto& sz = problem.sizes;
-  const auto v = value.contiguous();
-  const auto loc = pair_aligned(sampling_locations.contiguous());
+  const auto v = aligned_to(value.contiguous(), kVectorBytes);
+  const auto loc = aligned_to(sampling_locations.contiguous(), 2 * sampling_locations.element_size());
   const auto attn = attention_weights.contiguous();
-  const auto grad_out = grad_output.contiguous();
+  const auto grad_out = aligned_to(grad_output.contiguous(), kVectorBytes);
   // grad_value is accumulated with atomics: in fp32 for fp16/bf16 (cast at the end), in value's
   // dtype for fp32/fp64.
   const auto accum_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
