@@ -94,9 +94,12 @@ def reference_soft_nms(boxes, scores, iou_thr, method, sigma, min_score):
 
 
 def reference_postprocess(boxes, scores, labels, scale, ori_hw, post: dict):
+    """mmdet CoDINOHead order: threshold, rescale, batched NMS, max_per_img; then clip."""
     if post["score_thr"] > 0:
         valid = scores > post["score_thr"]
         boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
+    w_scale, h_scale = scale
+    boxes = boxes / torch.tensor([w_scale, h_scale, w_scale, h_scale], dtype=torch.float32)
     nms = post["nms"]
     if nms["type"] == "soft_nms":
         shifted = boxes + (labels.float() * (boxes.max() + 1))[:, None]
@@ -108,8 +111,7 @@ def reference_postprocess(boxes, scores, labels, scale, ori_hw, post: dict):
     else:
         keep = torch.arange(len(scores))
     keep, scores = keep[:post["max_per_img"]], scores[:post["max_per_img"]]
-    w_scale, h_scale = scale
-    out = boxes[keep] / torch.tensor([w_scale, h_scale, w_scale, h_scale], dtype=torch.float32)
+    out = boxes[keep]
     out[:, 0::2] = out[:, 0::2].clamp(0, ori_hw[1])
     out[:, 1::2] = out[:, 1::2].clamp(0, ori_hw[0])
     return out, scores.float(), labels[keep]
@@ -239,3 +241,12 @@ def test_cli_benchmark_reports_stage_split(cli, package):
     proc = run_cli(cli, "--model", package, "--benchmark", 5, "--batch", 2, DATA, check_rc=0)
     for word in ["preprocess", "engine", "postprocess", "end-to-end", "median", "p90", "p99", "images/s"]:
         assert word in proc.stdout, word
+
+
+def test_detector_is_safe_for_concurrent_calls(package):
+    probe = standin.runtime_binary("codetr_runtime_probe")
+    if not probe.exists():
+        pytest.skip(f"{probe} is not built")
+    proc = subprocess.run([str(probe), "concurrent", str(package), "4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 threads: concurrent detections equal the sequential ones" in proc.stdout

@@ -107,7 +107,8 @@ def cv2_pipeline(bgr, scale, pad_hw, cfg):
     return out, nh, nw
 
 
-@pytest.mark.parametrize("hw", [(333, 517), (517, 333), (37, 51), (480, 640), (1000, 97), (2, 3)])
+# (1600, 2666) -> (800, 1333) is an exact 2x downscale, where OpenCV switches to INTER_AREA.
+@pytest.mark.parametrize("hw", [(333, 517), (517, 333), (37, 51), (480, 640), (1000, 97), (2, 3), (1600, 2666)])
 def test_preprocess_equals_cv2_pipeline(probe, tmp_path, hw):
     # A dynamic engine with mmdet's (1333, 800) scale and 32-divisor padding (no fitting).
     model_dir, cfg = write_model_dir(tmp_path, resize={"scale": [1333, 800], "keep_ratio": True,

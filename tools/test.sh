@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 tools/setup.sh
 echo "== ctest"
 ctest --test-dir "${CODETR_BUILD_DIR:-build}" --output-on-failure
+echo "== example: examples/minimal against the installed runtime (find_package(codetr))"
+tools/build_example.sh
 echo "== pytest"
 python3 -m pytest -q tests "$@"

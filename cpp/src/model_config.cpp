@@ -222,8 +222,10 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   pc.nms.type = type == "soft_nms" ? NmsType::kSoft : type == "nms" ? NmsType::kHard : NmsType::kNone;
   if (pc.nms.type != NmsType::kNone) pc.nms.iou_threshold = static_cast<float>(nms.at("iou_threshold").number());
   if (pc.nms.type == NmsType::kSoft) {
-    pc.nms.method = nms.at("method").one_of({"linear", "gaussian"}) == "linear" ? SoftNmsMethod::kLinear
-                                                                                : SoftNmsMethod::kGaussian;
+    const std::string method = nms.at("method").one_of({"linear", "gaussian", "naive"});
+    pc.nms.method = method == "linear"     ? SoftNmsMethod::kLinear
+                    : method == "gaussian" ? SoftNmsMethod::kGaussian
+                                           : SoftNmsMethod::kNaive;
     pc.nms.sigma = static_cast<float>(nms.at("sigma").number());
     pc.nms.min_score = static_cast<float>(nms.at("min_score").number());
   }

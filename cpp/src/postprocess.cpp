@@ -97,6 +97,8 @@ NmsResult soft_nms(const torch::Tensor& boxes_t, const torch::Tensor& scores_t, 
       float weight = 1.f;
       if (method == SoftNmsMethod::kLinear) {
         if (overlap >= iou_threshold) weight = 1.f - overlap;
+      } else if (method == SoftNmsMethod::kNaive) {
+        if (overlap >= iou_threshold) weight = 0.f;
       } else {
         weight = std::exp(-(overlap * overlap) / sigma);
       }
@@ -141,11 +143,14 @@ std::vector<Detection> postprocess(const torch::Tensor& boxes_in, const torch::T
     scores = scores.index_select(0, valid);
     labels = labels.index_select(0, valid);
   }
+  // mmdet (CoDINOHead) rescales before NMS; IoU is invariant to the per-axis scale, but the
+  // class offsets and fp32 rounding are not, so the order matters for bit-level agreement.
+  const torch::Tensor factors = torch::tensor({meta.w_scale, meta.h_scale, meta.w_scale, meta.h_scale});
+  boxes = boxes / factors;
   const NmsResult kept = batched_nms(boxes, scores, labels, config.nms);
   const int64_t count = std::min<int64_t>(kept.keep.size(0), config.max_per_img);
   const torch::Tensor keep = kept.keep.narrow(0, 0, count);
-  const torch::Tensor factors = torch::tensor({meta.w_scale, meta.h_scale, meta.w_scale, meta.h_scale});
-  torch::Tensor out_boxes = (boxes.index_select(0, keep) / factors).contiguous();
+  torch::Tensor out_boxes = boxes.index_select(0, keep).contiguous();
   const torch::Tensor out_scores = kept.scores.narrow(0, 0, count).contiguous();
   const torch::Tensor out_labels = labels.index_select(0, keep).contiguous();
 

@@ -8,9 +8,15 @@
 //   codetr_runtime_probe preprocess DIR IN OUT   DIR/model.json; IN: [image (H,W,3) uint8 BGR]
 //                                           OUT: [images, masks (empty without), meta]
 //                                           meta: [resized h, resized w, w_scale, h_scale]
+//   codetr_runtime_probe concurrent DIR THREADS  runs Detector::detect on distinct synthetic
+//                                           images from THREADS threads at once (Detector with
+//                                           2 runners) and checks each result equals a
+//                                           sequential run; exit 0 when all equal
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <random>
+#include <thread>
 
 #include <torch/serialize.h>
 
@@ -70,7 +76,43 @@ int main(int argc, char** argv) {
       write_tensors(argv[4], {b.images, b.masks.defined() ? b.masks : torch::empty({0}), meta});
       return 0;
     }
-    std::cerr << "usage: codetr_runtime_probe nms IN OUT | preprocess MODEL_DIR IN OUT\n";
+    if (mode == "concurrent" && argc == 4) {
+      codetr::DetectorOptions options;
+      options.num_runners = 2;
+      const codetr::Detector detector(argv[2], options);
+      const int threads = std::stoi(argv[3]);
+      std::vector<std::vector<uint8_t>> images(threads);
+      std::vector<codetr::ImageView> views;
+      for (int t = 0; t < threads; ++t) {
+        std::mt19937 rng(t);
+        const int64_t h = 60 + 17 * t, w = 90 + 11 * t;
+        images[t].resize(h * w * 3);
+        for (auto& v : images[t]) v = static_cast<uint8_t>(rng() % 256);
+        views.push_back({images[t].data(), h, w, codetr::PixelOrder::kBGR, 0});
+      }
+      std::vector<std::vector<codetr::Detection>> sequential, parallel(threads);
+      for (const auto& v : views) sequential.push_back(detector.detect(v));
+      std::vector<std::thread> pool;
+      for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+          for (int repeat = 0; repeat < 3; ++repeat) parallel[t] = detector.detect(views[t]);
+        });
+      for (auto& th : pool) th.join();
+      for (int t = 0; t < threads; ++t) {
+        bool same = sequential[t].size() == parallel[t].size() && !sequential[t].empty();
+        for (size_t i = 0; same && i < sequential[t].size(); ++i) {
+          const auto &a = sequential[t][i], &b = parallel[t][i];
+          same = a.x1 == b.x1 && a.y1 == b.y1 && a.x2 == b.x2 && a.y2 == b.y2 && a.score == b.score && a.label == b.label;
+        }
+        if (!same) {
+          std::cerr << "thread " << t << ": concurrent detections differ from the sequential ones\n";
+          return 1;
+        }
+      }
+      std::cout << threads << " threads: concurrent detections equal the sequential ones\n";
+      return 0;
+    }
+    std::cerr << "usage: codetr_runtime_probe nms IN OUT | preprocess MODEL_DIR IN OUT | concurrent MODEL_DIR THREADS\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "codetr_runtime_probe: " << e.what() << "\n";

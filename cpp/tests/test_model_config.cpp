@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <string>
 
 #include "codetr/error.h"
@@ -102,12 +103,21 @@ TEST(ModelConfig, ChecksTheEngineContract) {
   EXPECT_NE(msg2.find("differs from 'dtype'"), std::string::npos) << msg2;
 }
 
-TEST(ModelConfig, MissingFileNamesThePath) {
+TEST(ModelConfig, MissingDirOrFileIsNamed) {
   try {
     codetr::load_model_config("/nonexistent/dir");
     FAIL() << "no error";
   } catch (const codetr::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/model.json"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model directory '/nonexistent/dir' does not exist"), std::string::npos)
+        << e.what();
+  }
+  const std::filesystem::path empty = std::filesystem::temp_directory_path() / "codetr_test_empty_model_dir";
+  std::filesystem::create_directories(empty);
+  try {
+    codetr::load_model_config(empty.string());
+    FAIL() << "no error";
+  } catch (const codetr::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot open " + empty.string() + "/model.json"), std::string::npos) << e.what();
   }
 }
 

@@ -66,6 +66,12 @@ TEST(SoftNms, GaussianDecaysEveryOverlapAndDropsBelowMinScore) {
   EXPECT_EQ(to_vec(dropped.keep), (std::vector<int64_t>{0, 2}));
 }
 
+TEST(SoftNms, NaiveRemovesOverlapsAtOrAboveThreshold) {
+  const codetr::NmsResult r = codetr::soft_nms(boxes_of({kA, kB, kE, kC}), torch::tensor({0.9f, 0.8f, 0.6f, 0.7f}), 0.5f,
+                                               SoftNmsMethod::kNaive, 0.5f, 0.001f);
+  EXPECT_EQ(to_vec(r.keep), (std::vector<int64_t>{0, 3}));  // B (IoU .82) and E (IoU .5) zeroed
+}
+
 TEST(SoftNms, DecaysCompoundAcrossSelections) {
   // Three identical-width boxes shifted by 1: each selection decays the rest again.
   const float kF[4] = {2, 0, 12, 10};

@@ -7,7 +7,7 @@
 namespace codetr {
 
 enum class NmsType { kNone, kHard, kSoft };
-enum class SoftNmsMethod { kLinear, kGaussian };
+enum class SoftNmsMethod { kLinear, kGaussian, kNaive };
 enum class PadStage { kAfterNormalize, kBeforeNormalize };
 
 struct TensorSpec {

@@ -27,7 +27,8 @@ struct NmsResult {
 NmsResult nms(const torch::Tensor& boxes, const torch::Tensor& scores, float iou_threshold);
 
 // mmcv.ops.soft_nms (offset 0): repeatedly takes the highest remaining score and decays the
-// others by linear (1 - IoU when IoU >= iou_threshold) or gaussian (exp(-IoU^2 / sigma)) weights;
+// others by linear (1 - IoU when IoU >= iou_threshold), naive (0 when IoU >= iou_threshold) or
+// gaussian (exp(-IoU^2 / sigma)) weights;
 // boxes whose score falls below min_score are dropped. Keep is in selection order.
 NmsResult soft_nms(const torch::Tensor& boxes, const torch::Tensor& scores, float iou_threshold,
                    SoftNmsMethod method, float sigma, float min_score);
@@ -38,8 +39,9 @@ NmsResult batched_nms(const torch::Tensor& boxes, const torch::Tensor& scores, c
                       const NmsConfig& config);
 
 // One image's engine outputs -> detections: boxes (Q,4) xyxy in network-input pixels,
-// scores (Q), labels (Q). Applies score_thr (keep score > thr when thr > 0), batched NMS,
-// max_per_img, divides by the resize factors and clips to the original image.
+// scores (Q), labels (Q). In mmdet's (CoDINOHead) order: score_thr (keep score > thr when
+// thr > 0), divide by the resize factors, batched NMS, max_per_img; then clip to the original
+// image (which mmdet leaves out; it moves boxes by float rounding at most).
 std::vector<Detection> postprocess(const torch::Tensor& boxes, const torch::Tensor& scores,
                                    const torch::Tensor& labels, const ImageMeta& meta,
                                    const PostprocessConfig& config);
