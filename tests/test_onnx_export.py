@@ -201,8 +201,9 @@ def test_float16_file_runs_in_onnxruntime(tmp_path):
     proto = onnx.load(str(tmp_path / "model.onnx"))
     onnx.checker.check_model(proto, full_check=True)
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-    weights = [t for t in proto.graph.initializer if len(t.dims) > 1]
-    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    weights = [t for t in proto.graph.initializer if len(t.dims) > 1 and t.data_type in floats]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)  # weights stored in fp16
 
     images, _ = _golden_inputs(TINY_SWIN_WEIGHTS)
     images = images[:1]
