@@ -29,7 +29,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -73,8 +73,6 @@ class ExportOptions:
     onnx_msda_op: bool = False
     opset: int = DEFAULT_OPSET
     onnx_optimize: bool = True  # onnxscript graph optimizer (constant folding, fusions); slow on big graphs
-    # Keyword arguments forwarded to codetr.build_model (e.g. reduced-size config overrides).
-    build_kwargs: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Reject option combinations that cannot be exported, before any work is done."""
@@ -110,7 +108,7 @@ class ExportOptions:
             _check_multiple("--height", self.height)
             _check_multiple("--width", self.width)
         if self.dynamic_batch:
-            if self.max_batch is None or not 1 <= self.min_batch < self.max_batch or self.max_batch < 2:
+            if self.max_batch is None or not 1 <= self.min_batch < self.max_batch:
                 raise ExportError("dynamic batch needs 1 <= --min-batch < --max-batch "
                                   f"(got {self.min_batch}, {self.max_batch})")
 
@@ -178,7 +176,7 @@ def build_export_model(opts: ExportOptions) -> nn.Module:
     preset = resolve_preset(opts.preset)
     try:
         model = build_model(preset, checkpoint=opts.checkpoint, device=opts.device,
-                            dtype=DTYPES[opts.dtype], **opts.build_kwargs)
+                            dtype=DTYPES[opts.dtype])
     except (KeyError, ValueError, RuntimeError) as exc:
         if opts.checkpoint is not None:
             raise ExportError(f"--checkpoint {opts.checkpoint} does not fit preset {preset.name!r}: {exc}") from exc
