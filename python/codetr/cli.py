@@ -18,31 +18,30 @@ def _add_export_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export", help="export a preset to an AOTInductor package (.pt2) or ONNX file + model.json",
         description="Export a Co-DINO preset to DIR/model.pt2 (AOTInductor, run by codetr-detect) or "
-                    "DIR/model.onnx, plus DIR/model.json (pre/post-processing for the runtime).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "DIR/model.onnx, plus DIR/model.json (pre/post-processing for the runtime).")
     p.add_argument("--preset", required=True, help="one of: " + ", ".join(PRESETS))
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="mmdet .pth / state_dict .pth / .safetensors (absent: RANDOM weights, with a warning)")
     p.add_argument("--output", "-o", type=Path, required=True, help="output directory")
-    p.add_argument("--format", choices=FORMATS, default="aoti")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device the engine runs on")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype")
+    p.add_argument("--format", choices=FORMATS, default="aoti", help="engine format (default: aoti)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device the engine runs on (default: cpu)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default: float32)")
     p.add_argument("--height", type=int, default=None,
                    help="static input height (multiple of 32); default: the preset's fixed pad size (LSJ) "
                         "or its resize scale rounded up to 32 as a landscape image (1333x800 -> 800x1344)")
     p.add_argument("--width", type=int, default=None, help="static input width (multiple of 32); see --height")
-    p.add_argument("--batch", type=int, default=1, help="static batch size")
+    p.add_argument("--batch", type=int, default=1, help="static batch size (default: 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic H and W (multiples of 32) in a range")
     for side in ("height", "width"):
         p.add_argument(f"--min-{side}", type=int, default=None)
         p.add_argument(f"--max-{side}", type=int, default=None)
     p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch in [--min-batch, --max-batch]")
-    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--min-batch", type=int, default=1, help="(default: 1)")
     p.add_argument("--max-batch", type=int, default=None)
     p.add_argument("--onnx-msda-op", action="store_true",
                    help="ONNX only: one codetr::MultiScaleDeformableAttention node per MSDA "
                         "(TensorRT plugin path) instead of the plugin-free GridSample lowering")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 16)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 16 (default: {DEFAULT_OPSET})")
     p.add_argument("--no-onnx-optimize", dest="onnx_optimize", action="store_false",
                    help="ONNX only: skip the onnxscript graph optimizer (faster export, more nodes)")
     p.set_defaults(run=_run_export)
