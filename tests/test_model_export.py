@@ -3,7 +3,7 @@ padding mask, no graph breaks (torch.export fails on any), same outputs as eager
 import torch
 from torch.export import Dim, export
 
-from codetr.models import build_model, op_library_available
+from codetr.models import build_model, min_dynamic_input_size, op_library_available
 
 
 def _inputs(h, w, valid_h, valid_w):
@@ -32,7 +32,9 @@ def test_export_dynamic_hw():
     model = build_model("tiny_r50", msda_impl=impl)
     x, mask = _inputs(128, 96, 128, 96)
     # min 3 * 32: at 32 px or 64 px the stride-64 level is 1 pixel wide and torch specialises size-1 dims
-    h, w = Dim("h", min=3, max=64), Dim("w", min=3, max=64)
+    low = min_dynamic_input_size("tiny_r50") // 32
+    assert low == 3
+    h, w = Dim("h", min=low, max=64), Dim("w", min=low, max=64)
     ep = export(model, (x, mask), dynamic_shapes={"images": {2: 32 * h, 3: 32 * w},
                                                   "masks": {1: 32 * h, 2: 32 * w}})
     if impl == "op":
@@ -48,7 +50,12 @@ def test_export_dynamic_hw_swin_without_mask():
     model = build_model("tiny_swin", msda_impl="op" if op_library_available() else "pytorch")
     torch.manual_seed(0)
     x = torch.randn(1, 3, 416, 448)
-    h, w = Dim("h", min=13, max=64), Dim("w", min=13, max=64)
+    low = min_dynamic_input_size("tiny_swin") // 32
+    assert low == 13
+    h, w = Dim("h", min=low, max=64), Dim("w", min=low, max=64)
     ep = export(model, (x,), dynamic_shapes={"images": {2: 32 * h, 3: 32 * w}})
-    x2 = torch.randn(1, 3, 448, 416)
+    # 480 x 768: no window padding along W at any stride (192, 96, 48, 24 px) nor along H at
+    # strides 4 and 8 (120, 60 px); the example input is padded everywhere, so this checks that
+    # nothing specialised on the presence of padding
+    x2 = torch.randn(1, 3, 480, 768)
     _assert_same(ep.module()(x2), model(x2))

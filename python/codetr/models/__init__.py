@@ -49,4 +49,15 @@ def build_model(preset: "str | Preset", checkpoint=None, device: "str | torch.de
     return model.eval().requires_grad_(False)
 
 
-__all__ = ["CoDINO", "build_model", "op_library_available", "COCO_CLASSES"]
+def min_dynamic_input_size(preset: "str | Preset") -> int:
+    """Smallest H or W (a multiple of 32) a dynamic-shape torch.export of ``preset`` can cover;
+    the example input must be at least this large too. torch specialises size-1 dimensions, so
+    every level must keep >= 2 pixels (ResNet: the stride-64 level -> 96 px) and, for Swin,
+    >= 2 attention windows per axis at stride 32 (32 * (window + 1) px)."""
+    backbone = get_preset(preset).model.backbone
+    if backbone.type == "swin":
+        return 32 * (backbone.window_size + 1)
+    return 3 * 32
+
+
+__all__ = ["CoDINO", "build_model", "min_dynamic_input_size", "op_library_available", "COCO_CLASSES"]

@@ -97,7 +97,11 @@ class ShiftWindowMSA(nn.Module):
         out = out.view(B, n_h, n_w, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, n_h * ws, n_w * ws, C)
         if self.shift > 0:
             out = torch.roll(out, shifts=(self.shift, self.shift), dims=(1, 2))
-        return out[:, :H, :W, :].reshape(B, H * W, C)
+        # crop the padding by gathering the valid tokens: a slice + reshape would make
+        # torch.export specialise on whether any padding exists (view vs copy)
+        keep = (torch.arange(H, device=x.device)[:, None] * (n_w * ws)
+                + torch.arange(W, device=x.device)[None, :]).reshape(-1)
+        return out.reshape(B, n_h * ws * n_w * ws, C).index_select(1, keep)
 
 
 class SwinFFN(nn.Module):
