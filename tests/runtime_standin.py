@@ -58,11 +58,19 @@ class StandInEngine(torch.nn.Module):
         return boxes, scores, labels
 
 
-def model_json(batch: int, height: int, width: int, with_mask: bool, classes=CLASSES) -> dict:
+# Dynamic stand-in: batch 1..4, H and W multiples of 32 in [64, 640], mmdet-style (320, 256) scale.
+DYNAMIC_INPUT = {"min_batch": 1, "max_batch": 4, "dynamic": True, "min_height": 64, "max_height": 640,
+                 "min_width": 64, "max_width": 640, "multiple": 32}
+DYNAMIC_SCALE = [320, 256]
+
+
+def model_json(batch: int, height: int, width: int, with_mask: bool, classes=CLASSES, dynamic: bool = False) -> dict:
+    if dynamic:
+        batch = height = width = -1
     inputs = [{"name": "images", "shape": [batch, 3, height, width], "dtype": "float32"}]
     if with_mask:
         inputs.append({"name": "masks", "shape": [batch, height, width], "dtype": "bool"})
-    return {
+    spec = {
         "format_version": 1,
         "preset": "standin",
         "engine": {"format": "aoti", "file": "model.pt2"},
@@ -96,20 +104,34 @@ def model_json(batch: int, height: int, width: int, with_mask: bool, classes=CLA
             "max_per_img": 100,
         },
     }
+    if dynamic:
+        spec["input"] = dict(DYNAMIC_INPUT)
+        spec["preprocess"]["resize"]["scale"] = list(DYNAMIC_SCALE)
+        spec["preprocess"]["pad"] = {"size_divisor": 32}
+    return spec
 
 
 def build_package(out_dir: os.PathLike, batch: int = 2, height: int = 160, width: int = 224,
-                  with_mask: bool = True) -> Path:
+                  with_mask: bool = True, dynamic: bool = False) -> Path:
+    """Compiles the stand-in to out_dir/model.pt2 (CPU) and writes out_dir/model.json. dynamic:
+    batch, H and W are dynamic (DYNAMIC_INPUT); batch/height/width are then the trace sizes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     engine = StandInEngine(len(CLASSES), with_mask).eval()
     args = (torch.zeros(batch, 3, height, width),)
     if with_mask:
         args = args + (torch.zeros(batch, height, width, dtype=torch.bool),)
+    dynamic_shapes = None
+    if dynamic:
+        b = torch.export.Dim("batch", min=DYNAMIC_INPUT["min_batch"], max=DYNAMIC_INPUT["max_batch"])
+        h = torch.export.Dim("h32", min=DYNAMIC_INPUT["min_height"] // 32, max=DYNAMIC_INPUT["max_height"] // 32)
+        w = torch.export.Dim("w32", min=DYNAMIC_INPUT["min_width"] // 32, max=DYNAMIC_INPUT["max_width"] // 32)
+        dynamic_shapes = {"images": {0: b, 2: 32 * h, 3: 32 * w}, "masks": {0: b, 1: 32 * h, 2: 32 * w} if with_mask else None}
     with torch.no_grad():
-        exported = torch.export.export(engine, args)
+        exported = torch.export.export(engine, args, dynamic_shapes=dynamic_shapes)
         torch._inductor.aoti_compile_and_package(exported, package_path=str(out / "model.pt2"))
-    (out / "model.json").write_text(json.dumps(model_json(batch, height, width, with_mask), indent=2))
+    spec = model_json(batch, height, width, with_mask, dynamic=dynamic)
+    (out / "model.json").write_text(json.dumps(spec, indent=2))
     return out
 
 
