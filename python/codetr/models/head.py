@@ -4,7 +4,6 @@ Key names follow mmdet (``query_head.cls_branches.N``, ``query_head.reg_branches
 ``query_head.transformer.*``)."""
 from __future__ import annotations
 
-import copy
 from typing import List, Tuple
 
 import torch

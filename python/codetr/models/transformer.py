@@ -5,7 +5,7 @@ proposal selection, DINO decoder. Batch-first throughout; module names follow mm
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
