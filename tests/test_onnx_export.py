@@ -1,7 +1,5 @@
 """`codetr export --format onnx` on the reduced presets (golden weights), checked with onnx.checker
 and onnxruntime (CPU) against PyTorch eager: boxes/scores rel err <= 1e-4 in fp32, labels equal."""
-import collections
-
 import onnx
 import pytest
 import torch
@@ -208,3 +206,30 @@ def _check_node_inputs(proto, nodes, monkeypatch):
     for name, want in zip([first.input[0], first.input[3], first.input[4]], [value, locations, weights]):
         assert tuple(got[name].shape) == tuple(want.shape), name
         assert _rel_err(torch.from_numpy(got[name]), want) <= 1e-5, name
+
+
+def test_float16_file_runs_in_onnxruntime(tmp_path):
+    """--dtype float16: fp16 images input, float32 outputs; onnxruntime (CPU) runs it and agrees with
+    fp32 eager to fp16 accuracy (order-free score comparison, the top detection's label and box)."""
+    result = _export(tmp_path, [], preset="tiny_swin", checkpoint=TINY_SWIN_WEIGHTS, dtype="float16",
+                     height=96, width=128, onnx_optimize=False)
+    assert result["spec"]["dtype"] == "float16"
+    assert result["spec"]["inputs"] == [{"name": "images", "shape": [1, 3, 96, 128], "dtype": "float16"}]
+    assert [o["dtype"] for o in result["spec"]["outputs"]] == ["float32", "float32", "int64"]
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    weights = [t for t in proto.graph.initializer if len(t.dims) > 1 and t.data_type in floats]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)  # weights stored in fp16
+
+    images, _ = _golden_inputs(TINY_SWIN_WEIGHTS)
+    images = images[:1]
+    engine = OnnxEngine(tmp_path)
+    with pytest.raises(ValueError, match="expected dtype float16, got float32"):
+        engine(images)
+    boxes, scores, labels = engine(images.half())
+    ref_boxes, ref_scores, ref_labels = build_model("tiny_swin", checkpoint=TINY_SWIN_WEIGHTS, msda_impl="pytorch")(images)
+    assert _rel_err(scores.sort(dim=1).values, ref_scores.sort(dim=1).values) <= 5e-2
+    assert labels[0, 0] == ref_labels[0, 0]
+    assert _rel_err(boxes[0, 0], ref_boxes[0, 0]) <= 1e-2

@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import warnings
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 from torch import nn
