@@ -1,6 +1,7 @@
 """`codetr export` (AOTInductor): refusals, model.json content, the package itself, the resize rule,
 and the engine-input validation shared with the ONNX runner."""
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -247,3 +248,14 @@ def test_validate_engine_inputs_dtype_and_mask_presence():
     with pytest.raises(ValueError, match="takes no `masks` input"):
         validate_engine_inputs(spec, images, masks)
     validate_engine_inputs(spec, images.numpy())  # numpy arrays are checked the same way
+
+
+def test_aoti_without_the_op_library_is_refused(tmp_path):
+    env = dict(os.environ, CODETR_OPS_LIBRARY=str(tmp_path / "missing" / "libcodetr_ops.so"))
+    proc = subprocess.run([sys.executable, "-m", "codetr", "export", "--preset", "tiny_r50", "--height", "128",
+                           "--width", "160", "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "the MSDA op library is needed for this export" in proc.stderr
+    assert "tools/build.sh" in proc.stderr
+    assert not (tmp_path / "out" / "model.pt2").exists()
