@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${CODETR_BUILD_DIR:-build}
 PREFIX="$BUILD_DIR/install"
+if ! ls "$BUILD_DIR"/cpp/libcodetr.so* > /dev/null 2>&1; then
+  echo "build_example: $BUILD_DIR/cpp/libcodetr.so is not built (is CODETR_BUILD_RUNTIME OFF in $BUILD_DIR/CMakeCache.txt?" \
+       "reconfigure with tools/build.sh -DCODETR_BUILD_RUNTIME=ON)" >&2
+  exit 1
+fi
 cmake --install "$BUILD_DIR" --prefix "$PREFIX" > /dev/null
 cmake -S examples/minimal -B "$BUILD_DIR/example-minimal" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$(cd "$PREFIX" && pwd)" > /dev/null
