@@ -7,6 +7,7 @@ eagerly, and an independent Python implementation of mmcv's batched soft-NMS / t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -273,6 +274,10 @@ def test_cli_refuses_missing_or_mismatched_model_dirs(cli, package, tmp_path):
     assert "compiled for cpu" in proc.stderr
     proc = run_cli(cli, "--model", package, "--nms", "fast", image, check_rc=2)
     assert "--nms must be soft, hard or none" in proc.stderr
+    # An explicitly named op library that cannot be loaded is an error, not silently skipped.
+    proc = subprocess.run([str(cli), "--model", str(package), str(image)], capture_output=True, text=True,
+                          env={**os.environ, "CODETR_OPS_LIBRARY": str(tmp_path / "libmissing_ops.so")})
+    assert proc.returncode == 2 and "cannot load the codetr op library" in proc.stderr, proc.stderr
 
 
 def test_cli_benchmark_reports_stage_split(cli, package):

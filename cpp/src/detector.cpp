@@ -52,6 +52,12 @@ int parse_version_part(const std::string& text, size_t& pos) {
   return v;
 }
 
+// c10::Error::what() carries a C++ backtrace; users need the message.
+std::string message_of(const std::exception& e) {
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
+  return e.what();
+}
+
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -140,7 +146,7 @@ Detector::Detector(const std::string& model_dir, DetectorOptions options) : impl
         package, "model", /*run_single_threaded=*/false, options.num_runners < 1 ? 1 : options.num_runners,
         static_cast<c10::DeviceIndex>(options.device_index));
   } catch (const std::exception& e) {
-    throw Error("cannot load the engine package " + package + ": " + e.what() +
+    throw Error("cannot load the engine package " + package + ": " + message_of(e) +
                 (m.ops_library.empty() ? "\n(libcodetr_ops.so was not found; set CODETR_OPS_LIBRARY if the package "
                                          "calls torch.ops.codetr.ms_deform_attn)"
                                        : ""));
@@ -164,7 +170,7 @@ std::vector<torch::Tensor> Detector::run_engine(const std::vector<torch::Tensor>
   try {
     outputs = impl_->loader->run(inputs);
   } catch (const std::exception& e) {
-    throw Error(std::string("engine run failed: ") + e.what());
+    throw Error("engine run failed: " + message_of(e));
   }
   validate_engine_outputs(outputs, impl_->config.outputs);
   const int64_t batch = inputs[0].size(0);

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
+#include <torch/types.h>  // at::Tensor and the torch:: factories, without the nn/optim API
 
 #include "codetr/model_config.h"
 #include "codetr/postprocess.h"

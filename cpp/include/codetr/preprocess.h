@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include <torch/torch.h>
+#include <torch/types.h>  // at::Tensor and the torch:: factories, without the nn/optim API
 
 #include "codetr/model_config.h"
 
