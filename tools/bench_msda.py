@@ -5,6 +5,7 @@ level; attention weights are a softmax over L*P. Times are the median of CUDA-ev
 after warm-up; rel err = ||out - ref|| / ||ref|| against the fp64 grid_sample formulation.
 
 Usage: PYTHONPATH=python python3 tools/bench_msda.py [--iters 100] [--json out.json]
+       [--cases "encoder 768,decoder"]  (prefixes of the case names; default: all three)
 """
 from __future__ import annotations
 
@@ -85,6 +86,8 @@ def main():
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--json", default=None)
     parser.add_argument("--skip-pytorch", action="store_true")
+    parser.add_argument("--cases", default="encoder 768,decoder,encoder 1280",
+                        help="comma-separated prefixes of the case names to run")
     args = parser.parse_args()
 
     cases = [("encoder 768x1152", ENCODER_768, sum(h * w for h, w in ENCODER_768), True),
@@ -93,6 +96,7 @@ def main():
     variants = [("fp32", torch.float32, torch.float32), ("fp16", torch.float16, torch.float32),
                 ("fp16 (fp16 loc)", torch.float16, torch.float16), ("bf16", torch.bfloat16, torch.float32),
                 ("bf16 (bf16 loc)", torch.bfloat16, torch.bfloat16)]
+    cases = [c for c in cases if any(c[0].startswith(prefix.strip()) for prefix in args.cases.split(","))]
     rows = []
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     for name, levels, Q, encoder in cases:
