@@ -45,8 +45,9 @@ def ms_deform_attn_pytorch(value: torch.Tensor, spatial_shapes: SpatialShapes,
     grids = 2 * sampling_locations - 1
     sampled = []
     for level, (h, w) in enumerate(spatial_shapes):
-        # (B, h*w, H, D) -> (B*H, D, h, w)
-        v = value_list[level].flatten(2).transpose(1, 2).reshape(B * H, D, h, w)
+        # (B, h*w, H, D) -> (B*H, D, h, w); contiguous because torch 2.11's CPU grid_sample
+        # returns NaN in fp16 for a strided input
+        v = value_list[level].flatten(2).transpose(1, 2).reshape(B * H, D, h, w).contiguous()
         # (B, Q, H, P, 2) -> (B*H, Q, P, 2)
         g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
         sampled.append(F.grid_sample(v, g.to(v.dtype), mode="bilinear",
