@@ -21,4 +21,5 @@ echo "== pip install -e .[test]"
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 
 echo "== build"
-tools/build.sh
+# Explicit options: a reused build/ may hold other cached values.
+tools/build.sh -DCODETR_BUILD_RUNTIME=ON -DCODETR_BUILD_TESTS=ON
