@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <mutex>
 #include <sstream>
 
 #include <torch/cuda.h>
@@ -9,6 +10,13 @@
 #include <torch/version.h>
 
 #include "codetr/error.h"
+
+#ifdef CODETR_RUNTIME_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace codetr {
 namespace {
@@ -94,7 +102,77 @@ struct Detector::Impl {
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
   int64_t max_batch = 1;
   int64_t min_batch = 1;
+  bool cuda_graphs = false;
+  // CUDA graph state (DetectorOptions::cuda_graphs), guarded by graph_mutex: the static tensors
+  // the captured graph reads and writes.
+  std::mutex graph_mutex;
+  std::vector<torch::Tensor> static_inputs;
+  std::vector<torch::Tensor> static_outputs;
+#ifdef CODETR_RUNTIME_CUDA
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+#endif
+
+  std::vector<torch::Tensor> run_package(const std::vector<torch::Tensor>& inputs);
+  std::vector<torch::Tensor> run_graph(const std::vector<torch::Tensor>& inputs);
 };
+
+std::vector<torch::Tensor> Detector::Impl::run_package(const std::vector<torch::Tensor>& inputs) {
+  try {
+    return loader->run(inputs);
+  } catch (const std::exception& e) {
+    throw Error("engine run failed: " + message_of(e));
+  }
+}
+
+std::vector<torch::Tensor> Detector::Impl::run_graph(const std::vector<torch::Tensor>& inputs) {
+#ifdef CODETR_RUNTIME_CUDA
+  std::lock_guard<std::mutex> lock(graph_mutex);
+  const c10::DeviceIndex index = device.has_index() ? device.index() : c10::cuda::current_device();
+  const c10::cuda::CUDAGuard device_guard(index);
+  const c10::cuda::CUDAStream caller_stream = c10::cuda::getCurrentCUDAStream(index);
+  if (!graph) {
+    std::vector<torch::Tensor> graph_inputs;
+    for (const torch::Tensor& t : inputs) graph_inputs.push_back(t.clone());
+    // Warm-up and capture on a side stream (capture is not allowed on the legacy default
+    // stream); the events order it after the caller's work and the caller's after it.
+    const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index);
+    at::cuda::CUDAEvent inputs_ready;
+    inputs_ready.record(caller_stream);
+    inputs_ready.block(side);
+    std::vector<torch::Tensor> graph_outputs;
+    auto captured = std::make_unique<at::cuda::CUDAGraph>();
+    {
+      const c10::cuda::CUDAStreamGuard stream_guard(side);
+      // Lazy initialisation (allocations, kernel loading) must happen before the capture.
+      for (int i = 0; i < 2; ++i) run_package(graph_inputs);
+      try {
+        captured->capture_begin();
+        graph_outputs = loader->run(graph_inputs);
+        captured->capture_end();
+      } catch (const std::exception& e) {
+        throw Error("CUDA graph capture of the engine failed: " + message_of(e));
+      }
+    }
+    at::cuda::CUDAEvent capture_done;
+    capture_done.record(side);
+    capture_done.block(caller_stream);
+    static_inputs = std::move(graph_inputs);
+    static_outputs = std::move(graph_outputs);
+    graph = std::move(captured);
+  } else {
+    for (size_t i = 0; i < inputs.size(); ++i) static_inputs[i].copy_(inputs[i], /*non_blocking=*/true);
+  }
+  // The capture only recorded the kernels: replay also for the first call.
+  graph->replay();
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(static_outputs.size());
+  for (const torch::Tensor& t : static_outputs) outputs.push_back(t.clone());
+  return outputs;
+#else
+  (void)inputs;
+  throw Error("cuda_graphs: this runtime was built against a libtorch without CUDA");
+#endif
+}
 
 Detector::Detector(const std::string& model_dir, DetectorOptions options) : impl_(std::make_unique<Impl>()) {
   namespace fs = std::filesystem;
@@ -138,6 +216,21 @@ Detector::Detector(const std::string& model_dir, DetectorOptions options) : impl
   m.max_batch = cfg.input.max_batch;
   m.min_batch = cfg.input.min_batch;
 
+  if (options.cuda_graphs) {
+    // A graph replays fixed kernels on fixed buffers: one input shape, one device.
+    for (const TensorSpec& spec : cfg.inputs)
+      for (int64_t dim : spec.shape)
+        if (dim < 0)
+          throw Error("cuda_graphs needs fully static engine inputs, but " + json_path + " input '" + spec.name +
+                      "' has shape " + shape_str(spec.shape) + " (export a static engine)");
+    if (!m.device.is_cuda())
+      throw Error("cuda_graphs needs a CUDA engine, but " + json_path + " says the package runs on " + cfg.device);
+#ifndef CODETR_RUNTIME_CUDA
+    throw Error("cuda_graphs: this runtime was built against a libtorch without CUDA");
+#endif
+    m.cuda_graphs = true;
+  }
+
   const std::string package = model_dir + "/" + cfg.engine_file;
   if (!fs::is_regular_file(package)) throw Error("engine package " + package + " does not exist");
   m.ops_library = load_ops_library(options.ops_library);
@@ -166,12 +259,7 @@ const std::string& Detector::ops_library() const { return impl_->ops_library; }
 
 std::vector<torch::Tensor> Detector::run_engine(const std::vector<torch::Tensor>& inputs) const {
   validate_engine_inputs(inputs, impl_->config.inputs, impl_->device);
-  std::vector<torch::Tensor> outputs;
-  try {
-    outputs = impl_->loader->run(inputs);
-  } catch (const std::exception& e) {
-    throw Error("engine run failed: " + message_of(e));
-  }
+  const std::vector<torch::Tensor> outputs = impl_->cuda_graphs ? impl_->run_graph(inputs) : impl_->run_package(inputs);
   validate_engine_outputs(outputs, impl_->config.outputs);
   const int64_t batch = inputs[0].size(0);
   for (const torch::Tensor& out : outputs)

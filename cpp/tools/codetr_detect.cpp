@@ -1,8 +1,10 @@
 // codetr-detect: run a codetr model directory (model.json + model.pt2) on images.
 //   codetr-detect --model DIR [--device cuda|cpu] [--score-thr X] [--nms soft|hard|none] [--iou X]
-//                 [--batch N] [--out-dir D] [--json FILE] [--benchmark N] [--draw-thr X] INPUT...
+//                 [--batch N] [--out-dir D] [--json FILE] [--benchmark N] [--draw-thr X]
+//                 [--cuda-graphs on|off] INPUT...
 // Exit status: 0 all images processed; 1 some inputs failed (each is named on stderr, the others
 // are still processed); 2 bad command line or unusable model directory.
+// Image I/O: OpenCV when built with it (any format), else binary PPM only (see image_io.h).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -17,14 +19,12 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <opencv2/core.hpp>
-#include <opencv2/core/utils/logger.hpp>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 
 #include "codetr/codetr.h"
+#include "image_io.h"
 
 namespace fs = std::filesystem;
+using codetr::cli::BgrImage;
 
 namespace {
 
@@ -43,7 +43,14 @@ const char* kUsage =
     "                   category_id: the COCO id when model.json's classes are COCO's 80, else the\n"
     "                   class index; image_id: the file name's number when it is all digits, else\n"
     "                   the input's position (0-based)\n"
-    "  --benchmark N    time N runs of one batch (after warm-up) instead of writing results\n";
+    "  --benchmark N    time N runs of one batch (after warm-up) instead of writing results\n"
+    "  --cuda-graphs M  on or off (default off): run the engine as a CUDA graph (CUDA engines with\n"
+    "                   fully static inputs only); engine runs are then serialised\n"
+#ifndef CODETR_HAVE_OPENCV
+    "built without OpenCV: images are read and written as binary PPM (.ppm, P6) only, boxes are\n"
+    "drawn without labels\n"
+#endif
+    ;
 
 struct Args {
   std::string model;
@@ -56,6 +63,7 @@ struct Args {
   std::string json;
   int benchmark = 0;
   float draw_thr = 0.3f;
+  bool cuda_graphs = false;
   std::vector<std::string> inputs;
 };
 
@@ -104,6 +112,11 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--json") a.json = value();
     else if (arg == "--benchmark") a.benchmark = parse_positive_int(arg, value());
     else if (arg == "--draw-thr") a.draw_thr = parse_float(arg, value());
+    else if (arg == "--cuda-graphs") {
+      const std::string v = value();
+      if (v != "on" && v != "off") throw UsageError("--cuda-graphs must be on or off, got '" + v + "'");
+      a.cuda_graphs = v == "on";
+    }
     else if (arg.size() > 1 && arg[0] == '-') throw UsageError("unknown option " + arg);
     else a.inputs.push_back(arg);
   }
@@ -118,10 +131,9 @@ Args parse_args(int argc, char** argv) {
 }
 
 bool is_image_name(const fs::path& p) {
-  static const std::set<std::string> exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"};
   std::string e = p.extension().string();
   std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return std::tolower(c); });
-  return exts.count(e) > 0;
+  return codetr::cli::image_extensions().count(e) > 0;
 }
 
 // Expands INPUTs into files; missing inputs are reported and counted as failures.
@@ -151,38 +163,6 @@ std::vector<std::string> collect_inputs(const std::vector<std::string>& inputs, 
   return files;
 }
 
-cv::Scalar class_colour(int64_t label) {
-  // Golden-ratio hue steps give neighbouring classes distinct colours.
-  const double hue = std::fmod(static_cast<double>(label) * 0.618033988749895, 1.0) * 180.0;
-  cv::Mat hsv(1, 1, CV_8UC3, cv::Scalar(hue, 200, 255)), bgr;
-  cv::cvtColor(hsv, bgr, cv::COLOR_HSV2BGR);
-  const cv::Vec3b c = bgr.at<cv::Vec3b>(0, 0);
-  return cv::Scalar(c[0], c[1], c[2]);
-}
-
-void draw(cv::Mat& image, const std::vector<codetr::Detection>& dets, const std::vector<std::string>& classes,
-          float draw_thr) {
-  const int thickness = std::max(1, std::min(image.rows, image.cols) / 300);
-  const double font_scale = std::max(0.4, std::min(image.rows, image.cols) / 800.0);
-  for (const codetr::Detection& d : dets) {
-    if (d.score < draw_thr) continue;
-    const cv::Scalar colour = class_colour(d.label);
-    const cv::Point p1(static_cast<int>(std::lround(d.x1)), static_cast<int>(std::lround(d.y1)));
-    const cv::Point p2(static_cast<int>(std::lround(d.x2)), static_cast<int>(std::lround(d.y2)));
-    cv::rectangle(image, p1, p2, colour, thickness);
-    std::ostringstream text;
-    const bool known = d.label >= 0 && d.label < static_cast<int64_t>(classes.size());
-    text << (known ? classes[d.label] : "class " + std::to_string(d.label)) << " " << std::fixed
-         << std::setprecision(2) << d.score;
-    int baseline = 0;
-    const cv::Size ts = cv::getTextSize(text.str(), cv::FONT_HERSHEY_SIMPLEX, font_scale, 1, &baseline);
-    const int top = std::max(p1.y - ts.height - baseline, 0);
-    cv::rectangle(image, cv::Point(p1.x, top), cv::Point(p1.x + ts.width, top + ts.height + baseline), colour, cv::FILLED);
-    cv::putText(image, text.str(), cv::Point(p1.x, top + ts.height), cv::FONT_HERSHEY_SIMPLEX, font_scale,
-                cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
-  }
-}
-
 int64_t image_id_for(const std::string& path, size_t position) {
   const std::string stem = fs::path(path).stem().string();
   if (!stem.empty() && stem.size() <= 18 && std::all_of(stem.begin(), stem.end(), ::isdigit)) return std::stoll(stem);
@@ -208,13 +188,17 @@ codetr::DetectorOptions detector_options(const Args& a, const codetr::ModelConfi
   }
   if (a.iou) nms.iou_threshold = *a.iou;
   o.nms = nms;
+  o.cuda_graphs = a.cuda_graphs;
   return o;
 }
 
-int run_benchmark(const codetr::Detector& detector, const std::vector<cv::Mat>& images, int iterations) {
+codetr::ImageView view_of(const BgrImage& image) {
+  return {image.pixels.data(), image.height, image.width, codetr::PixelOrder::kBGR, image.width * 3};
+}
+
+int run_benchmark(const codetr::Detector& detector, const std::vector<BgrImage>& images, int iterations) {
   std::vector<codetr::ImageView> views;
-  for (const cv::Mat& m : images)
-    views.push_back({m.data, m.rows, m.cols, codetr::PixelOrder::kBGR, static_cast<int64_t>(m.step[0])});
+  for (const BgrImage& m : images) views.push_back(view_of(m));
   const int warmup = std::max(3, iterations / 10);
   std::cerr << "benchmark: " << warmup << " warm-up runs, then " << iterations << " timed runs of a batch of "
             << views.size() << " image(s) on " << detector.device().str() << "\n";
@@ -273,24 +257,17 @@ int run(const Args& args) {
     }
   }
 
-  auto read_image = [&](const std::string& path, cv::Mat& out) {
-    std::error_code ec;
-    if (fs::file_size(path, ec) == 0 || ec) {
-      std::cerr << "error: " << path << ": " << (ec ? ec.message() : "empty file") << "\n";
-      return false;
-    }
-    out = cv::imread(path, cv::IMREAD_COLOR);
-    if (out.empty()) {
-      std::cerr << "error: " << path << ": cannot decode image (unsupported, corrupt or truncated)\n";
-      return false;
-    }
-    return true;
+  auto read_image = [&](const std::string& path, BgrImage& out) {
+    std::string error;
+    if (codetr::cli::read_image(path, out, error)) return true;
+    std::cerr << "error: " << path << ": " << error << "\n";
+    return false;
   };
 
   if (args.benchmark > 0) {
-    std::vector<cv::Mat> images;
+    std::vector<BgrImage> images;
     for (const std::string& f : files) {
-      cv::Mat m;
+      BgrImage m;
       if (read_image(f, m)) images.push_back(m);
       if (images.size() == batch) break;
     }
@@ -307,9 +284,9 @@ int run(const Args& args) {
   size_t done = 0;
   for (size_t start = 0; start < files.size(); start += batch) {
     std::vector<size_t> positions;
-    std::vector<cv::Mat> mats;
+    std::vector<BgrImage> mats;
     for (size_t i = start; i < std::min(files.size(), start + batch); ++i) {
-      cv::Mat m;
+      BgrImage m;
       if (read_image(files[i], m)) {
         positions.push_back(i);
         mats.push_back(m);
@@ -319,8 +296,7 @@ int run(const Args& args) {
     }
     if (mats.empty()) continue;
     std::vector<codetr::ImageView> views;
-    for (const cv::Mat& m : mats)
-      views.push_back({m.data, m.rows, m.cols, codetr::PixelOrder::kBGR, static_cast<int64_t>(m.step[0])});
+    for (const BgrImage& m : mats) views.push_back(view_of(m));
     std::vector<std::vector<codetr::Detection>> dets;
     try {
       dets = detector->detect(views);
@@ -340,21 +316,16 @@ int run(const Args& args) {
                            {"score", d.score}});
       }
       if (!args.out_dir.empty()) {
-        draw(mats[k], dets[k], cfg.classes, args.draw_thr);
+        codetr::cli::draw_detections(mats[k], dets[k], cfg.classes, args.draw_thr);
         // Distinct output names when inputs from several directories share a file name.
         fs::path out = fs::path(args.out_dir) / file_name;
         for (int n = 1; written.count(out.string()); ++n)
           out = fs::path(args.out_dir) / (fs::path(file_name).stem().string() + "_" + std::to_string(n) +
                                           fs::path(file_name).extension().string());
         written.insert(out.string());
-        bool ok = false;
-        try {
-          ok = cv::imwrite(out.string(), mats[k]);
-        } catch (const cv::Exception& e) {
-          std::cerr << "error: " << out.string() << ": " << e.what() << "\n";
-        }
-        if (!ok) {
-          std::cerr << "error: cannot write annotated image " << out.string() << "\n";
+        std::string error;
+        if (!codetr::cli::write_image(out.string(), mats[k], error)) {
+          std::cerr << "error: " << out.string() << ": " << error << "\n";
           ++failures;
         }
       }
@@ -383,7 +354,7 @@ int run(const Args& args) {
 
 int main(int argc, char** argv) {
   try {
-    cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_ERROR);
+    codetr::cli::init_image_io();
     return run(parse_args(argc, argv));
   } catch (const UsageError& e) {
     std::cerr << "codetr-detect: " << e.what() << "\n" << kUsage;

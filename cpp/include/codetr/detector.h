@@ -26,6 +26,13 @@ struct DetectorOptions {
   // Model instances inside the AOTInductor container: up to this many detect() calls run the
   // engine at the same time; further calls wait for a free instance.
   size_t num_runners = 1;
+  // Run the engine as a CUDA graph: the first run_engine() call warms the package up twice on a
+  // side stream and captures one run; later calls copy their inputs into the graph's static
+  // input tensors, replay it and return copies of its static outputs. Needs a CUDA engine whose
+  // model.json "inputs" are fully static (no -1 dimension) and a runtime built against a CUDA
+  // libtorch; otherwise the constructor throws codetr::Error. Graph replays are serialised (one
+  // at a time per Detector), so num_runners > 1 gives no engine concurrency with graphs on.
+  bool cuda_graphs = false;
   // Overrides of model.json's postprocess section.
   std::optional<float> score_thr;
   std::optional<NmsConfig> nms;
@@ -56,7 +63,9 @@ std::string load_ops_library(const std::string& explicit_path = "");
 // Thread-safety: detect() and run_engine() may be called concurrently from several threads on
 // one Detector. Pre- and post-processing keep no shared state; the engine is the AOTInductor
 // model container, whose run() hands each call one of `num_runners` model instances (calls wait
-// while all are busy). Construction and destruction must not race with calls.
+// while all are busy); with `cuda_graphs` the engine runs are serialised by a mutex instead (the
+// graph has one set of static input/output tensors). Construction and destruction must not
+// race with calls.
 class Detector {
  public:
   explicit Detector(const std::string& model_dir, DetectorOptions options = {});
