@@ -49,7 +49,10 @@ bool read_image(const std::string& path, BgrImage& image, std::string& error) {
     image = read_ppm(path);
     return true;
   } catch (const std::exception& e) {
+    // read_ppm's messages start with the path, which the caller prints already.
+    const std::string prefix = path + ": ";
     error = e.what();
+    if (error.compare(0, prefix.size(), prefix) == 0) error.erase(0, prefix.size());
     return false;
   }
 }
