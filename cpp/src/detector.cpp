@@ -145,8 +145,12 @@ std::vector<torch::Tensor> Detector::Impl::run_graph(const std::vector<torch::Te
       const c10::cuda::CUDAStreamGuard stream_guard(side);
       // Lazy initialisation (allocations, kernel loading) must happen before the capture.
       for (int i = 0; i < 2; ++i) run_package(graph_inputs);
+      // The AOTInductor container polls its model instances' completion events (cudaEventQuery)
+      // when it hands out an instance: finish the warm-ups so the instance is free, and capture
+      // in relaxed mode, where such queries are allowed during a capture.
+      side.synchronize();
       try {
-        captured->capture_begin();
+        captured->capture_begin(/*pool=*/{0, 0}, cudaStreamCaptureModeRelaxed);
         graph_outputs = loader->run(graph_inputs);
         captured->capture_end();
       } catch (const std::exception& e) {
