@@ -48,6 +48,21 @@ void check_cuda(const char* op, const at::Tensor& value, const msda::Sizes& size
 }
 
 
+// Kernel arguments shared by the forward and backward launches: dtypes, the operands (already
+// contiguous and aligned) and the problem shape.
+msda::CudaArgs operand_args(const at::Tensor& value, const at::Tensor& sampling_locations,
+                            const at::Tensor& attention_weights, const MsDeformAttnProblem& problem) {
+  msda::CudaArgs args;
+  args.value_dtype = to_kernel_dtype(value.scalar_type());
+  args.coord_dtype = to_kernel_dtype(sampling_locations.scalar_type());
+  args.value = value.data_ptr();
+  args.sampling_locations = sampling_locations.data_ptr();
+  args.attention_weights = attention_weights.data_ptr();
+  args.sizes = problem.sizes;
+  args.levels = problem.levels;
+  return args;
+}
+
 at::Tensor ms_deform_attn_cuda(const at::Tensor& value, at::IntArrayRef spatial_shapes,
                                const at::Tensor& sampling_locations,
                                const at::Tensor& attention_weights) {
@@ -62,15 +77,8 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, at::IntArrayRef spatial_
   const auto v = aligned_to(value.contiguous(), kVectorBytes);
   const auto loc = aligned_to(sampling_locations.contiguous(), 2 * sampling_locations.element_size());
   const auto attn = attention_weights.contiguous();
-  msda::CudaArgs args;
-  args.value_dtype = to_kernel_dtype(value.scalar_type());
-  args.coord_dtype = to_kernel_dtype(loc.scalar_type());
-  args.value = v.data_ptr();
-  args.sampling_locations = loc.data_ptr();
-  args.attention_weights = attn.data_ptr();
+  msda::CudaArgs args = operand_args(v, loc, attn, problem);
   args.output = output.data_ptr();
-  args.sizes = sz;
-  args.levels = problem.levels;
   C10_CUDA_CHECK(static_cast<cudaError_t>(
       msda::forward_cuda(args, at::cuda::getCurrentCUDAStream().stream())));
   return output;
@@ -85,7 +93,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   check_ms_deform_attn_grad_output(grad_output, value, problem.sizes);
   check_cuda(op, value, problem.sizes);
   const c10::cuda::CUDAGuard device_guard(value.device());
-  const auto& sz = problem.sizes;
   const auto v = aligned_to(value.contiguous(), kVectorBytes);
   const auto loc = aligned_to(sampling_locations.contiguous(), 2 * sampling_locations.element_size());
   const auto attn = attention_weights.contiguous();
@@ -98,18 +105,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   auto grad_loc = at::empty_like(loc);
   auto grad_attn = at::empty_like(attn);
   if (grad_out.numel() > 0) {
-    msda::CudaArgs args;
-    args.value_dtype = to_kernel_dtype(value.scalar_type());
-    args.coord_dtype = to_kernel_dtype(loc.scalar_type());
-    args.value = v.data_ptr();
-    args.sampling_locations = loc.data_ptr();
-    args.attention_weights = attn.data_ptr();
+    msda::CudaArgs args = operand_args(v, loc, attn, problem);
     args.grad_output = grad_out.data_ptr();
     args.grad_value_accum = grad_value_accum.data_ptr();
     args.grad_sampling_locations = grad_loc.data_ptr();
     args.grad_attention_weights = grad_attn.data_ptr();
-    args.sizes = sz;
-    args.levels = problem.levels;
     C10_CUDA_CHECK(static_cast<cudaError_t>(
         msda::backward_cuda(args, at::cuda::getCurrentCUDAStream().stream())));
   } else {
