@@ -129,3 +129,29 @@ def test_preprocess_equals_cv2_pipeline(probe, tmp_path, hw):
     expected_mask = np.ones(images.shape[2:], bool)
     expected_mask[:nh, :nw] = False
     np.testing.assert_array_equal(masks[0].numpy(), expected_mask)
+
+
+def test_soft_nms_matches_mmcv_kernel_output(probe, tmp_path):
+    """Co-DINO's test_cfg soft-NMS (class-aware, linear, iou 0.8, sigma 0.5, min_score 1e-3), C++
+    runtime and Python reference, against mmcv's own CPU soft_nms kernel run on the same 300
+    clustered boxes (tests/fixtures/golden/soft_nms_io.safetensors; see its soft_nms.json)."""
+    from safetensors.torch import load_file
+
+    from codetr.postprocess import batched_nms
+    from codetr.presets import PostprocessConfig
+
+    io = load_file(str(standin.REPO / "tests" / "fixtures" / "golden" / "soft_nms_io.safetensors"))
+    boxes, scores, labels = io["boxes"], io["scores"], io["labels"]
+    mmcv_keep, mmcv_scores = io["out_keep"], io["out_dets"][:, 4]
+    assert 0 < len(mmcv_keep) < len(boxes)
+
+    cfg = PostprocessConfig()  # the presets' test_cfg defaults
+    assert (cfg.nms_type, cfg.iou_threshold, cfg.soft_nms_method) == ("soft_nms", 0.8, "linear")
+    py_keep, py_scores = batched_nms(boxes, scores, labels, cfg)
+    assert py_keep.tolist() == mmcv_keep.tolist()
+    torch.testing.assert_close(py_scores, mmcv_scores, rtol=1e-6, atol=1e-7)
+
+    params = torch.tensor([float(NMS_TYPES["soft_linear"]), cfg.iou_threshold, cfg.sigma, cfg.min_score])
+    cpp_keep, cpp_scores = run_probe(probe, tmp_path, "nms", [boxes, scores, labels, params])
+    assert cpp_keep.tolist() == mmcv_keep.tolist()
+    torch.testing.assert_close(cpp_scores, mmcv_scores, rtol=1e-6, atol=1e-7)
