@@ -209,6 +209,34 @@ def test_package_matches_eager(exported_tiny_package):
         assert got[0][..., 0::2].max() <= valid_w and got[0][..., 1::2].max() <= valid_h
 
 
+def test_dynamic_package_matches_eager_above_and_below_the_trace_size(tmp_path):
+    """A dynamic-H/W package must compute the same function at every size in its range, not only
+    at the example size it was traced with (mask-derived valid sizes, level shapes, top-k)."""
+    from codetr import _C  # noqa: F401  (registers codetr::ms_deform_attn for the loader)
+    from codetr.export import export
+    from codetr.models import build_model
+
+    export(ExportOptions(preset="tiny_r50", checkpoint=TINY_R50_WEIGHTS, output=tmp_path, format="aoti",
+                         device="cpu", dtype="float32", dynamic=True, min_height=96, max_height=320,
+                         min_width=96, max_width=320))
+    spec = load_model_json(tmp_path)
+    runner = torch._inductor.aoti_load_package(str(tmp_path / "model.pt2"))
+    model = build_model("tiny_r50", checkpoint=TINY_R50_WEIGHTS, msda_impl="op")
+    g = torch.Generator().manual_seed(0)
+    for height, width, pad_h, pad_w in [(96, 128, 0, 0), (320, 288, 32, 64), (256, 320, 64, 32)]:
+        images = torch.randn(1, 3, height, width, generator=g)
+        masks = torch.zeros(1, height, width, dtype=torch.bool)
+        masks[:, height - pad_h:, :] = True
+        masks[:, :, width - pad_w:] = True
+        images[masks[:, None].expand_as(images)] = 0.0
+        validate_engine_inputs(spec, images, masks)
+        got, want = runner(images, masks), model(images, masks)
+        for g_out, r_out in zip(got[:2], want[:2]):
+            assert (g_out - r_out).norm() / r_out.norm() <= 1e-4, (height, width)
+        assert torch.equal(got[2], want[2])
+        assert got[0][..., 0::2].max() <= width - pad_w and got[0][..., 1::2].max() <= height - pad_h
+
+
 # ---------------------------------------------------------------------------------------------
 # engine input validation (used by the ONNX runner; same rules as the C++ runtime)
 # ---------------------------------------------------------------------------------------------
