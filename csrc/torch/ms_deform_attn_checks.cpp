@@ -80,8 +80,14 @@ MsDeformAttnProblem check_ms_deform_attn_inputs(const char* op, const at::Tensor
   return problem;
 }
 
-void check_ms_deform_attn_grad_output(const at::Tensor& grad_output, const at::Tensor& value,
-                                      const msda::Sizes& sizes) {
+MsDeformAttnProblem check_ms_deform_attn_backward_inputs(const at::Tensor& grad_output,
+                                                         const at::Tensor& value,
+                                                         at::IntArrayRef spatial_shapes,
+                                                         const at::Tensor& sampling_locations,
+                                                         const at::Tensor& attention_weights) {
+  const auto problem = check_ms_deform_attn_inputs("codetr::ms_deform_attn_backward", value, spatial_shapes,
+                                                   sampling_locations, attention_weights);
+  const msda::Sizes& sizes = problem.sizes;
   const int64_t expected[3] = {sizes.batch, sizes.num_queries, sizes.num_heads * sizes.head_dim};
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected),
               "codetr::ms_deform_attn_backward: grad_output must be (B, Q, H*D) = ",
@@ -92,6 +98,7 @@ void check_ms_deform_attn_grad_output(const at::Tensor& grad_output, const at::T
   TORCH_CHECK(grad_output.device() == value.device(),
               "codetr::ms_deform_attn_backward: grad_output must be on value's device ",
               value.device(), ", got ", grad_output.device());
+  return problem;
 }
 
 }  // namespace codetr

@@ -19,8 +19,13 @@ MsDeformAttnProblem check_ms_deform_attn_inputs(const char* op, const at::Tensor
                                                 const at::Tensor& sampling_locations,
                                                 const at::Tensor& attention_weights);
 
-// grad_output must be (B, Q, H*D), value's dtype and device.
-void check_ms_deform_attn_grad_output(const at::Tensor& grad_output, const at::Tensor& value,
-                                      const msda::Sizes& sizes);
+// The backward's inputs: those of the forward (as above, messages prefixed
+// "codetr::ms_deform_attn_backward") plus grad_output, which must be (B, Q, H*D) with value's
+// dtype and device.
+MsDeformAttnProblem check_ms_deform_attn_backward_inputs(const at::Tensor& grad_output,
+                                                         const at::Tensor& value,
+                                                         at::IntArrayRef spatial_shapes,
+                                                         const at::Tensor& sampling_locations,
+                                                         const at::Tensor& attention_weights);
 
 }  // namespace codetr

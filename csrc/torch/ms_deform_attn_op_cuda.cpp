@@ -88,9 +88,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& value, at::IntArrayRef spatial_shapes,
     const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   const char* op = "codetr::ms_deform_attn_backward";
-  const auto problem =
-      check_ms_deform_attn_inputs(op, value, spatial_shapes, sampling_locations, attention_weights);
-  check_ms_deform_attn_grad_output(grad_output, value, problem.sizes);
+  const auto problem = check_ms_deform_attn_backward_inputs(grad_output, value, spatial_shapes,
+                                                            sampling_locations, attention_weights);
   check_cuda(op, value, problem.sizes);
   const c10::cuda::CUDAGuard device_guard(value.device());
   const auto v = aligned_to(value.contiguous(), kVectorBytes);
