@@ -15,14 +15,20 @@ FIVE_LEVELS = [(13, 9), (7, 5), (4, 3), (2, 2), (1, 1)]  # odd sizes, down to a 
 
 
 def make_case(levels, B=2, Q=11, H=2, D=32, P=4, dtype=torch.float32, coord_dtype=None,
-              device="cpu", seed=0):
-    """Random inputs; ~1/4 of the locations fall outside the unit square (partly or fully off the map)."""
+              device="cpu", seed=0, exact=False):
+    """Random inputs; ~1/4 of the locations fall outside the unit square (partly or fully off the map).
+    exact: snap pixel coordinates to odd multiples of 1/512 px, so that with power-of-two level
+    sizes every location and pixel coordinate is exact in fp32 and never an integer (the kernel
+    and the fp64 reference then floor every coordinate alike; see encoder_like_case)."""
     g = torch.Generator().manual_seed(seed)
     S = sum(h * w for h, w in levels)
     L = len(levels)
     coord_dtype = coord_dtype or dtype
     value = torch.randn(B, S, H, D, generator=g, dtype=torch.float64)
     loc = torch.rand(B, Q, H, L, P, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    if exact:
+        sizes = torch.tensor([[w, h] for h, w in levels], dtype=torch.float64)[:, None, :]  # (L, 1, 2)
+        loc = ((loc * sizes * 256).floor() + 0.5) / 256 / sizes
     attn = torch.rand(B, Q, H, L * P, generator=g, dtype=torch.float64).softmax(-1).view(B, Q, H, L, P)
     return (value.to(device=device, dtype=dtype), loc.to(device=device, dtype=coord_dtype),
             attn.to(device=device, dtype=coord_dtype))
@@ -126,10 +132,11 @@ def test_backward_cpu_matches_reference_autograd(dtype):
         assert rel_err(got, want) <= tol, name
 
 
-def backward_pair(levels, dtype, coord_dtype, device, D=32, seed=3):
+def backward_pair(levels, dtype, coord_dtype, device, D=32, seed=3, Q=11, P=4, exact=False):
     """(op gradients on `device`, fp64 reference gradients through grid_sample on the CPU)."""
-    value, loc, attn = make_case(levels, D=D, dtype=dtype, coord_dtype=coord_dtype, device=device, seed=seed)
-    grad_out = torch.randn(2, 11, 2 * D, generator=torch.Generator().manual_seed(seed + 1),
+    value, loc, attn = make_case(levels, Q=Q, D=D, P=P, dtype=dtype, coord_dtype=coord_dtype, device=device,
+                                 seed=seed, exact=exact)
+    grad_out = torch.randn(2, Q, 2 * D, generator=torch.Generator().manual_seed(seed + 1),
                            dtype=torch.float64).to(device=device, dtype=dtype)
     inputs = [t.clone().requires_grad_() for t in (value, loc, attn)]
     ms_deform_attn(inputs[0], levels, inputs[1], inputs[2]).backward(grad_out)
@@ -282,6 +289,18 @@ def test_backward_cuda_matches_reference(dtype, coord_dtype, D):
     grads, ref_grads = backward_pair(FIVE_LEVELS, dtype, coord_dtype, "cuda", D=D)
     for name, got, want in zip(("value", "loc", "attn"), grads, ref_grads):
         assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], name
+
+
+@cuda
+@pytest.mark.parametrize("P,D,Q", [(1, 32, 300), (3, 64, 100), (4, 7, 70), (4, 32, 200), (128, 32, 3)])
+def test_backward_cuda_more_shapes(P, D, Q):
+    """Enough queries for several thread blocks (the last one partial), P = 1, 3 and 128, odd D
+    (one channel per lane) and D = 64, random locations on larger maps, in fp32 and fp16."""
+    levels = [(32, 64), (16, 32), (8, 16)]
+    for dtype in (torch.float32, torch.float16):
+        grads, ref_grads = backward_pair(levels, dtype, torch.float32, "cuda", D=D, Q=Q, P=P, seed=P + D, exact=True)
+        for name, got, want in zip(("value", "loc", "attn"), grads, ref_grads):
+            assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], (dtype, name)
 
 
 def encoder_like_case(levels, H, D, dtype, coord_dtype, seed=5):

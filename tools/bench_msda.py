@@ -6,6 +6,7 @@ after warm-up; rel err = ||out - ref|| / ||ref|| against the fp64 grid_sample fo
 
 Usage: PYTHONPATH=python python3 tools/bench_msda.py [--iters 100] [--json out.json]
        [--cases "encoder 768,decoder"]  (prefixes of the case names; default: all three)
+       [--variants "fp32,fp16"]         (dtype variants by exact name; default: all five)
 """
 from __future__ import annotations
 
@@ -88,6 +89,8 @@ def main():
     parser.add_argument("--skip-pytorch", action="store_true")
     parser.add_argument("--cases", default="encoder 768,decoder,encoder 1280",
                         help="comma-separated prefixes of the case names to run")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated dtype variants (fp32, fp16, 'fp16 (fp16 loc)', bf16, 'bf16 (bf16 loc)')")
     args = parser.parse_args()
 
     cases = [("encoder 768x1152", ENCODER_768, sum(h * w for h, w in ENCODER_768), True),
@@ -96,6 +99,12 @@ def main():
     variants = [("fp32", torch.float32, torch.float32), ("fp16", torch.float16, torch.float32),
                 ("fp16 (fp16 loc)", torch.float16, torch.float16), ("bf16", torch.bfloat16, torch.float32),
                 ("bf16 (bf16 loc)", torch.bfloat16, torch.bfloat16)]
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",")]
+        unknown = set(wanted) - {v[0] for v in variants}
+        if unknown:
+            parser.error(f"unknown --variants {sorted(unknown)}; choose from {[v[0] for v in variants]}")
+        variants = [v for v in variants if v[0] in wanted]
     cases = [c for c in cases if any(c[0].startswith(prefix.strip()) for prefix in args.cases.split(","))]
     rows = []
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
