@@ -368,6 +368,9 @@ def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[s
         model = build_export_model(opts)
     uses_mask = uses_padding_mask(meta)
     args = example_inputs(opts, uses_mask)
+    if opts.dtype == "float16":
+        with progress.step("checking the float16 model's outputs on the example input"):
+            check_example_outputs(model, uses_mask, args, opts.dtype)
 
     if opts.format == "onnx":
         from codetr import onnx_export
@@ -382,6 +385,20 @@ def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[s
     log(f"[codetr export] wrote {engine_path} ({size_mb:.1f} MiB) and {json_path}")
     return {"engine": engine_path, "model_json": json_path, "spec": spec,
             "timings": progress.timings, "size_bytes": engine_path.stat().st_size, **extra}
+
+
+def check_example_outputs(model: nn.Module, uses_mask: bool, args, dtype: str) -> None:
+    """Run the model once on the example input: NaN/inf outputs (a float16 overflow, e.g. a Swin-L
+    checkpoint beyond 65504) -> ExportError before anything is traced or written. Random input
+    cannot prove real images stay finite: the runtimes check every output as well."""
+    from codetr.precision import NonFiniteOutputError, check_finite_outputs
+
+    with torch.no_grad():
+        boxes, scores, _ = EngineModule(model, uses_mask).eval()(*args)
+    try:
+        check_finite_outputs(boxes, scores, dtype, what="the model's output on the example input")
+    except NonFiniteOutputError as exc:
+        raise ExportError(f"{exc}; nothing was exported") from None
 
 
 def _use_msda_op(model: nn.Module) -> None:

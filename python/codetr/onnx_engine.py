@@ -6,7 +6,8 @@
 Every call validates the inputs against model.json (:func:`codetr.modeljson.validate_engine_inputs`):
 wrong rank/dtype, a batch or H/W outside the exported range, or a dynamic H/W that is not a
 multiple of 32 raise ValueError naming the input and dimension, instead of an onnxruntime shape
-error (or a silently wrong result) deep inside the graph.
+error (or a silently wrong result) deep inside the graph. Outputs holding NaN/inf (a float16
+overflow) raise :class:`codetr.precision.NonFiniteOutputError`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from codetr.modeljson import load_model_json, validate_engine_inputs
+from codetr.precision import check_finite_outputs
 
 
 class OnnxEngine:
@@ -40,8 +42,9 @@ class OnnxEngine:
         feeds = {"images": _to_numpy(images)}
         if "masks" in self.input_names:
             feeds["masks"] = _to_numpy(masks)
-        boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], feeds)
-        return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
+        boxes, scores, labels = (torch.from_numpy(o) for o in self.session.run(["boxes", "scores", "labels"], feeds))
+        check_finite_outputs(boxes, scores, self.spec["dtype"], what=f"{self.model_dir} engine output")
+        return boxes, scores, labels
 
 
 def _to_numpy(array) -> np.ndarray:

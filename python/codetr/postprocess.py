@@ -14,6 +14,8 @@ CoDINOHead._predict_by_feat_single continues after its top-k:
    below min_score by swapping with the last box); scores become the decayed ones, order is the
    selection order;
 4. keep the first max_per_img.
+Outputs holding NaN/inf (a float16 overflow) raise codetr.precision.NonFiniteOutputError instead
+of being sorted and suppressed silently.
 All box/score arithmetic in float32 like mmcv's CPU kernels (offset 0: areas are (x2-x1)*(y2-y1)).
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from codetr.precision import check_finite_outputs
 from codetr.presets import PostprocessConfig, Preset, get_preset
 
 
@@ -120,6 +123,7 @@ def postprocess_single(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
         raise ValueError(f"expected boxes (K,4), scores (K,), labels (K,), got {tuple(boxes.shape)}, "
                          f"{tuple(scores.shape)}, {tuple(labels.shape)}")
     boxes, scores, labels = boxes.detach().cpu().float(), scores.detach().cpu().float(), labels.detach().cpu().long()
+    check_finite_outputs(boxes, scores)
     if cfg.score_thr > 0:
         keep = scores > cfg.score_thr
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
