@@ -94,6 +94,26 @@ void validate_engine_outputs(const std::vector<torch::Tensor>& outputs, const st
   for (size_t i = 0; i < outputs.size(); ++i) check_tensor(outputs[i], specs[i], "output");
 }
 
+void check_finite_outputs(const torch::Tensor& boxes, const torch::Tensor& scores, const std::string& dtype) {
+  const std::pair<const char*, const torch::Tensor*> outputs[] = {{"boxes", &boxes}, {"scores", &scores}};
+  for (const auto& [name, tensor] : outputs) {
+    const int64_t bad = tensor->numel() - torch::isfinite(*tensor).sum().item<int64_t>();
+    if (bad == 0) continue;
+    // The same advice as codetr.precision.nonfinite_message (Python).
+    std::string msg = std::string("engine output '") + name + "' has " + std::to_string(bad) +
+                      " non-finite value(s) (NaN/inf) out of " + std::to_string(tensor->numel());
+    if (dtype == "float16")
+      msg += ": the float16 model overflowed (float16 stops at 65504; Swin-L checkpoints are known to exceed it); "
+             "re-export with --dtype bfloat16 (float32's range) or --dtype float32";
+    else if (dtype == "bfloat16" || dtype == "float32")
+      msg += ": a " + dtype + " model should not overflow; check the checkpoint (NaN/inf weights?) and the input" +
+             (dtype == "bfloat16" ? "; try --dtype float32" : "");
+    else
+      msg += "; if the model runs in float16 it overflowed: use bfloat16 or float32";
+    throw Error(msg);
+  }
+}
+
 struct Detector::Impl {
   ModelConfig config;
   PostprocessConfig post;
@@ -311,6 +331,8 @@ std::vector<std::vector<Detection>> Detector::detect(const std::vector<ImageView
     const torch::Tensor boxes = outputs[0].to(torch::kCPU, torch::kFloat);
     const torch::Tensor scores = outputs[1].to(torch::kCPU, torch::kFloat);
     const torch::Tensor labels = outputs[2].to(torch::kCPU, torch::kLong);
+    // NaN/inf (a float16 overflow) would pass NMS and top-k silently: refuse them.
+    check_finite_outputs(boxes, scores, m.config.dtype);
     for (size_t i = 0; i < count; ++i)
       results.push_back(postprocess(boxes[i], scores[i], labels[i], batch.metas[i], m.post));
     if (times) times->postprocess_ms += ms_since(t0);

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "codetr/detector.h"
 #include "codetr/error.h"
 
@@ -58,6 +60,37 @@ TEST(ValidateOutputs, ChecksShapeAndDtype) {
   EXPECT_NO_THROW(codetr::validate_engine_outputs({torch::zeros({1, 300, 4}), torch::zeros({1, 300}, torch::kLong)}, s));
   EXPECT_THROW(codetr::validate_engine_outputs({torch::zeros({1, 300, 4}), torch::zeros({1, 300}, torch::kInt)}, s),
                codetr::Error);
+}
+
+std::string finite_error_of(const torch::Tensor& boxes, const torch::Tensor& scores, const std::string& dtype) {
+  try {
+    codetr::check_finite_outputs(boxes, scores, dtype);
+  } catch (const codetr::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CheckFiniteOutputs, AcceptsFiniteOutputsOfEveryDtype) {
+  for (auto t : {torch::kFloat, torch::kHalf, torch::kBFloat16})
+    EXPECT_EQ(finite_error_of(torch::rand({2, 300, 4}).to(t), torch::rand({2, 300}).to(t), "float16"), "");
+}
+
+TEST(CheckFiniteOutputs, NamesTheOutputTheCountAndTheFixForFloat16) {
+  auto scores = torch::rand({2, 300});
+  scores[1][7] = std::numeric_limits<float>::quiet_NaN();
+  scores[0][0] = std::numeric_limits<float>::infinity();
+  std::string msg = finite_error_of(torch::rand({2, 300, 4}), scores, "float16");
+  EXPECT_NE(msg.find("engine output 'scores' has 2 non-finite value(s) (NaN/inf) out of 600"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("float16 model overflowed"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--dtype bfloat16"), std::string::npos) << msg;
+
+  auto boxes = torch::rand({1, 300, 4}).to(torch::kHalf);
+  boxes[0][3][2] = -std::numeric_limits<float>::infinity();
+  msg = finite_error_of(boxes, torch::rand({1, 300}), "float32");
+  EXPECT_NE(msg.find("engine output 'boxes' has 1 non-finite value(s)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("a float32 model should not overflow; check the checkpoint"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("overflowed"), std::string::npos) << msg;
 }
 
 TEST(Detector, MissingModelDirIsAClearError) {

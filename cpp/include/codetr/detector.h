@@ -55,6 +55,13 @@ void validate_engine_inputs(const std::vector<torch::Tensor>& inputs, const std:
 // Checks engine outputs against model.json's "outputs" (count, shape, dtype).
 void validate_engine_outputs(const std::vector<torch::Tensor>& outputs, const std::vector<TensorSpec>& specs);
 
+// Throws codetr::Error when engine outputs `boxes` or `scores` (any device, any floating dtype)
+// hold NaN or inf, naming the output and the count. `dtype` is model.json's compute dtype: for
+// "float16" the message says the engine overflowed (float16 stops at 65504; Swin-L checkpoints
+// are known to exceed it) and to re-export with --dtype bfloat16 or float32. detect() calls it on
+// every engine batch (on the host copies it makes anyway); run_engine() does not.
+void check_finite_outputs(const torch::Tensor& boxes, const torch::Tensor& scores, const std::string& dtype);
+
 // Makes torch.ops.codetr.ms_deform_attn available (dlopen RTLD_GLOBAL of libcodetr_ops.so, once
 // per process). Returns the library loaded, "registered" when the op already exists, or "" when
 // no library was found. Throws codetr::Error when an explicitly named library cannot be loaded.
@@ -79,7 +86,8 @@ class Detector {
   std::vector<std::vector<Detection>> detect(const std::vector<ImageView>& images, StageTimes* times = nullptr) const;
   std::vector<Detection> detect(const ImageView& image) const;
 
-  // Validates `inputs` against model.json, runs the package, validates its outputs.
+  // Validates `inputs` against model.json, runs the package, validates its outputs (shapes and
+  // dtypes; not their values: see check_finite_outputs).
   std::vector<torch::Tensor> run_engine(const std::vector<torch::Tensor>& inputs) const;
 
   const ModelConfig& config() const;
