@@ -4,6 +4,10 @@ cause and the fix, never silently post-processed; the fp16/bf16-vs-fp32 comparis
 """
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,6 +16,8 @@ from codetr.postprocess import postprocess
 from codetr.precision import NonFiniteOutputError, check_finite_outputs, compare_detections
 
 from conftest import TINY_SWIN_WEIGHTS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # --- detection of non-finite outputs ------------------------------------------------------------
@@ -57,6 +63,51 @@ def test_export_refuses_a_float16_model_that_overflows(tmp_path, capsys):
     assert rc == 2, err
     assert "non-finite" in err and "float16 model overflowed" in err and "--dtype bfloat16" in err
     assert not (out / "model.pt2").exists() and not (out / "model.json").exists()
+
+
+# --- the comparison tool ------------------------------------------------------------------------
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("compare_precision", REPO / "tools" / "compare_precision.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_precision_tool_on_tiny_swin(capsys):
+    tool = _load_tool()
+    rc = tool.main(["--preset", "tiny_swin", "--size", "128x160", "--device", "cpu", "--msda-impl", "pytorch",
+                    "--dtypes", "float32,float16,bfloat16"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert report["preset"] == "tiny_swin" and report["size"] == [128, 160] and report["device"] == "cpu"
+    assert report["random_weights"] and report["target"]["topk_agreement"] == 0.95
+    assert [r["dtype"] for r in report["runs"]] == ["float32", "float16", "bfloat16"]
+    keys = {"finite", "scores_max_abs_diff", "boxes_rel_err", "matched_scores_max_abs_diff", "topk_agreement",
+            "meets_target", "per_image", "topk", "iou_threshold"}
+    for run in report["runs"]:
+        assert keys <= set(run) and run["finite"] and run["topk"] == 100 and run["iou_threshold"] == 0.9
+    self_check = report["runs"][0]
+    assert self_check["topk_agreement"] == 1.0 and self_check["meets_target"]
+    assert self_check["scores_max_abs_diff"] == 0.0 and self_check["boxes_rel_err"] == 0.0
+    for run in report["runs"][1:]:
+        assert 0 < run["scores_max_abs_diff"] < 0.1 and 0 <= run["topk_agreement"] <= 1
+
+
+def test_compare_precision_tool_reports_overflow(tmp_path, capsys):
+    """An fp16 run that overflows: finite false, metrics null (strict JSON), exit code 1."""
+    state = load_file(str(TINY_SWIN_WEIGHTS))
+    state["backbone.stages.1.blocks.0.ffn.layers.0.0.weight"] *= 1e6
+    ckpt = tmp_path / "overflow.safetensors"
+    save_file(state, str(ckpt))
+    rc = _load_tool().main(["--preset", "tiny_swin", "--size", "96x128", "--device", "cpu", "--msda-impl", "pytorch",
+                            "--dtypes", "float16,bfloat16", "--checkpoint", str(ckpt)])
+    out = capsys.readouterr().out
+    report = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert rc == 1 and not report["random_weights"]
+    fp16, bf16 = report["runs"]
+    assert not fp16["finite"] and not fp16["meets_target"] and fp16["scores_max_abs_diff"] is None
+    assert bf16["finite"]
 
 
 def test_compare_detections_matching():
