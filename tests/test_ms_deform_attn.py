@@ -303,7 +303,7 @@ def test_backward_cuda_more_shapes(P, D, Q):
             assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], (dtype, name)
 
 
-def encoder_like_case(levels, H, D, dtype, coord_dtype, seed=5):
+def encoder_like_case(levels, H, D, dtype, coord_dtype, seed=5, P=4):
     """Encoder-style inputs: one query per pixel of every level (level-major, row-major), sampling
     around its own pixel centre with N(0, 2 px) offsets, some off the map. Power-of-two level sizes
     and offsets on an odd multiple of 1/512 px make every location exact in fp32 and never an integer
@@ -311,7 +311,7 @@ def encoder_like_case(levels, H, D, dtype, coord_dtype, seed=5):
     sits exactly on the map's edge x = -1 or x = w, where grid_sample still gives a location gradient
     and the op, like mmcv, none (see BENCHMARKS.md on grad_loc near integer pixels)."""
     g = torch.Generator().manual_seed(seed)
-    L, P = len(levels), 4
+    L = len(levels)
     centres = []
     for h, w in levels:
         ys, xs = torch.meshgrid((torch.arange(h, dtype=torch.float64) + 0.5) / h,
@@ -329,15 +329,17 @@ def encoder_like_case(levels, H, D, dtype, coord_dtype, seed=5):
 
 
 @cuda
-@pytest.mark.parametrize("dtype,coord_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32)],
-                         ids=str)
-def test_backward_cuda_encoder_like_queries(dtype, coord_dtype):
+@pytest.mark.parametrize("dtype,coord_dtype", CUDA_DTYPES, ids=str)
+@pytest.mark.parametrize("P,D", [(4, 32), (1, 64), (3, 16)])
+def test_backward_cuda_encoder_like_queries(dtype, coord_dtype, P, D):
     """Encoder-style, spatially coherent queries on maps of realistic width: thousands of
     concurrent updates land on the same grad_value corners of the coarse levels (the contended case
-    of the scatter), some samples fall off the map; the gradients must still match the reference."""
+    of the scatter), some samples fall off the map; the gradients must still match the reference.
+    Q == S selects the encoder backward kernel (fp64: the general one): blocks of 128/P queries,
+    some straddling a row end (widths 16 and 8), per-level windows with corners inside and outside."""
     from codetr import _C  # noqa: F401
-    levels = [(64, 128), (32, 64), (16, 32), (8, 16)]
-    value, loc, attn, grad_out = encoder_like_case(levels, H=8, D=32, dtype=dtype, coord_dtype=coord_dtype)
+    levels = [(64, 128), (32, 64), (16, 32), (8, 16), (4, 8)]
+    value, loc, attn, grad_out = encoder_like_case(levels, H=8, D=D, dtype=dtype, coord_dtype=coord_dtype, P=P)
     flat = [v for hw in levels for v in hw]
     grads = torch.ops.codetr.ms_deform_attn_backward(grad_out.cuda(), value.cuda(), flat, loc.cuda(), attn.cuda())
     ref_inputs = [t.double().requires_grad_() for t in (value, loc, attn)]
