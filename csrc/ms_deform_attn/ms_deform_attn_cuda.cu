@@ -301,13 +301,31 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // linked list (an integer atomicExch), and after one barrier a thread per (pixel, 4 channels)
 // walks the list. Corners outside the window are added directly, as in backward_kernel.
 //
-// Layout: 4 lanes per sample (lane k: channels [k*D/4, (k+1)*D/4) and corner k's bookkeeping),
-// kEncoderSamples samples = Qb queries x P points per block, one (b, h) per block.
-constexpr int kEncoderSamples = 128;
-constexpr int kEncoderThreads = 4 * kEncoderSamples;  // 2 blocks per SM: at most 64 registers
+// Layout: kEncoderLanes lanes per sample (lane k: channels [k*D/lanes, (k+1)*D/lanes) and the
+// bookkeeping of corners k*4/lanes ...), kEncoderSamples samples = Qb queries x P points per block,
+// one (b, h) per block.
+// Tuning knobs (compile definitions; tools/device/msda_variants.sh times builds side by side).
+// Measured on an H100 (2026-11-24, encoder 768x1152, fp16/fp32 backward): 2 lanes x 64 samples
+// 1511/1750 us; 2 x 128: 1547/1806; 2 x 32: 1604/1918; 4 x 128: 1922/2032; 1 x 128: 1755/2352;
+// margin 5 / 8 instead of 6: 1547 / 1524 us (fp16).
+#ifndef CODETR_MSDA_ENCODER_SAMPLES
+#define CODETR_MSDA_ENCODER_SAMPLES 64
+#endif
+#ifndef CODETR_MSDA_ENCODER_LANES
+#define CODETR_MSDA_ENCODER_LANES 2
+#endif
+#ifndef CODETR_MSDA_ENCODER_MARGIN
+#define CODETR_MSDA_ENCODER_MARGIN 6
+#endif
+constexpr int kEncoderSamples = CODETR_MSDA_ENCODER_SAMPLES;
+constexpr int kEncoderLanes = CODETR_MSDA_ENCODER_LANES;  // lanes per sample: 1, 2 or 4
+constexpr int kEncoderCorners = 4 / kEncoderLanes;        // corners each lane books
+constexpr int kEncoderThreads = kEncoderLanes * kEncoderSamples;
+// 1024 resident threads per SM: at most 64 registers.
+constexpr int kEncoderMinBlocks = 1024 / kEncoderThreads;
 constexpr int kEncoderWindowSlots = 1024;  // window pixels per level
 // Window margin in pixels of the sampled level: sampling offsets beyond it are added directly.
-constexpr int kEncoderWindowMargin = 6;
+constexpr int kEncoderWindowMargin = CODETR_MSDA_ENCODER_MARGIN;
 constexpr int kEncoderGradOutBytes = 16384;
 
 struct EncoderLayout {
@@ -358,7 +376,7 @@ __device__ __forceinline__ Window encoder_window(const QueryRun& run, int l, con
 }
 
 template <typename scalar_t, typename coord_t, int V>
-__global__ void __launch_bounds__(kEncoderThreads, 2)
+__global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
     encoder_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ value,
                             const coord_t* __restrict__ sampling_locations,
                             const coord_t* __restrict__ attention_weights, float* __restrict__ grad_value_accum,
@@ -398,12 +416,12 @@ __global__ void __launch_bounds__(kEncoderThreads, 2)
 
   const int row_stride = H * D;
   const int64_t bh_offset = b * sizes.num_value * row_stride + h * D;
-  const int k = t & 3;  // lane within the sample: channel quarter and corner
-  const int sample = t >> 2;
+  const int k = t % kEncoderLanes;  // lane within the sample: its channel part and corners
+  const int sample = t / kEncoderLanes;
   const int q_local = sample / P, p = sample % P;
   const int64_t q = q_begin + q_local;
   const bool active = sample < N && q < Q;
-  const int quarter = D / 4, c_begin = k * quarter;
+  const int part = D / kEncoderLanes, c_begin = k * part;
   const float* g = grad_out_s + q_local * D;
   const QueryRun run = query_run(q_begin, q_last, levels);
   // Flush mapping, fixed for the block: thread -> (first window pixel, 4-channel chunk).
@@ -443,7 +461,7 @@ __global__ void __launch_bounds__(kEncoderThreads, 2)
     float G[4] = {0.f, 0.f, 0.f, 0.f};
     if (s.inside) {
 #pragma unroll 1  // one chunk's 4 loads in flight; unrolled, the chunks' loads spill (64 registers)
-      for (int c = c_begin; c < c_begin + quarter; c += V) {
+      for (int c = c_begin; c < c_begin + part; c += V) {
         float gc[V];
         if constexpr (V % 4 == 0) {  // c is a multiple of V: 16-byte aligned shared loads
 #pragma unroll
@@ -461,60 +479,67 @@ __global__ void __launch_bounds__(kEncoderThreads, 2)
         }
       }
     }
-    // The 4 lanes of a sample are adjacent lanes of one warp; every lane of the block gets here.
+    // A sample's lanes are adjacent lanes of one warp; every lane of the block gets here.
 #pragma unroll
-    for (int offset = 1; offset < 4; offset <<= 1) {
+    for (int offset = 1; offset < kEncoderLanes; offset <<= 1) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) G[j] += __shfl_xor_sync(0xffffffffu, G[j], offset);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) G[j] = s.valid[j] ? G[j] : 0.f;  // clamped loads of off-map corners read 0
-    const float grad_a = bilinear[0] * G[0] + bilinear[1] * G[1] + bilinear[2] * G[2] + bilinear[3] * G[3];
-    const float grad_fx = (1.f - s.fy) * (G[1] - G[0]) + s.fy * (G[3] - G[2]);
-    const float grad_fy = (1.f - s.fx) * (G[2] - G[0]) + s.fx * (G[3] - G[1]);
     if (active) {
       if (k == 0) {
+        const float grad_a = bilinear[0] * G[0] + bilinear[1] * G[1] + bilinear[2] * G[2] + bilinear[3] * G[3];
         grad_attention_weights[lp_index] = from_acc<coord_t>(grad_a);
-      } else if (k == 1) {
+      }
+      if (k == kEncoderLanes - 1) {
         // x = loc_x * width - 0.5, so d/d loc_x = width * d/dx (likewise y).
+        const float grad_fx = (1.f - s.fy) * (G[1] - G[0]) + s.fy * (G[3] - G[2]);
+        const float grad_fy = (1.f - s.fx) * (G[2] - G[0]) + s.fx * (G[3] - G[1]);
         grad_sampling_locations[2 * lp_index] = from_acc<coord_t>(a * grad_fx * static_cast<float>(width));
         grad_sampling_locations[2 * lp_index + 1] = from_acc<coord_t>(a * grad_fy * static_cast<float>(height));
       }
     }
-    // Corner k of this sample: onto its window pixel's list, or added directly by the 4 lanes
-    // together (each its channel quarter, so the row goes out as coalesced 16-byte atomics).
-    const int corner = 4 * sample + k;
-    const int cx = s.x0 + (k & 1), cy = s.y0 + (k >> 1);
-    const bool valid = k == 0 ? s.valid[0] : k == 1 ? s.valid[1] : k == 2 ? s.valid[2] : s.valid[3];
-    const bool in_window = valid && cx >= win.x0 && cx < win.x0 + win.width && cy >= win.y0 &&
-                           cy < win.y0 + win.height;
-    const int slot = (cy - win.y0) * win.width + cx - win.x0;
-    int previous = 0;
-    if (in_window) {
-      corner_weight[corner] = a * (k == 0 ? bilinear[0] : k == 1 ? bilinear[1] : k == 2 ? bilinear[2] : bilinear[3]);
-      corner_row[corner] = q_local * D;
-      previous = atomicExch(&head[slot], corner);
-      next[corner] = previous;
-    }
-    // First corner on a pixel: append the pixel to the touched list (one counter atomic per warp).
-    const unsigned first = __ballot_sync(0xffffffffu, in_window && previous < 0);
-    if (first != 0) {
-      const int lane = t & 31;
-      int base = 0;
-      if (lane == __ffs(first) - 1) base = atomicAdd(&touched_count[cur], __popc(first));
-      base = __shfl_sync(0xffffffffu, base, __ffs(first) - 1);
-      if (first & (1u << lane)) touched_cur[base + __popc(first & ((1u << lane) - 1))] = slot;
-    }
-    const unsigned direct = __ballot_sync(0xffffffffu, valid && !in_window);
-    const int pair_base = t & 28;  // first lane of this sample's 4 within the warp
+    // This lane's corners j = k * kEncoderCorners + m: onto their window pixel's list, or added
+    // directly by the sample's lanes together (each its channel part: coalesced 16-byte atomics).
+    const int lane = t & 31;
+    const int group_base = lane & ~(kEncoderLanes - 1);  // first lane of this sample in the warp
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (direct & (1u << (pair_base + j))) {
-        float* dst = accum_level + pixel[j] * row_stride + c_begin;
-        const float w = a * bilinear[j];
-        for (int c = 0; c + 4 <= quarter; c += 4) {
-          const float x[4] = {w * g[c_begin + c], w * g[c_begin + c + 1], w * g[c_begin + c + 2], w * g[c_begin + c + 3]};
-          atomic_add_vec<4>(dst + c, x);
+    for (int m = 0; m < kEncoderCorners; ++m) {
+      const int j = k * kEncoderCorners + m;
+      const int corner = 4 * sample + j;
+      const int cx = s.x0 + (j & 1), cy = s.y0 + (j >> 1);
+      const bool valid = j == 0 ? s.valid[0] : j == 1 ? s.valid[1] : j == 2 ? s.valid[2] : s.valid[3];
+      const bool in_window = valid && cx >= win.x0 && cx < win.x0 + win.width && cy >= win.y0 &&
+                             cy < win.y0 + win.height;
+      const int slot = (cy - win.y0) * win.width + cx - win.x0;
+      int previous = 0;
+      if (in_window) {
+        corner_weight[corner] = a * (j == 0 ? bilinear[0] : j == 1 ? bilinear[1] : j == 2 ? bilinear[2] : bilinear[3]);
+        corner_row[corner] = q_local * D;
+        previous = atomicExch(&head[slot], corner);
+        next[corner] = previous;
+      }
+      // First corner on a pixel: append the pixel to the touched list (one counter atomic per warp).
+      const unsigned first = __ballot_sync(0xffffffffu, in_window && previous < 0);
+      if (first != 0) {
+        int base = 0;
+        if (lane == __ffs(first) - 1) base = atomicAdd(&touched_count[cur], __popc(first));
+        base = __shfl_sync(0xffffffffu, base, __ffs(first) - 1);
+        if (first & (1u << lane)) touched_cur[base + __popc(first & ((1u << lane) - 1))] = slot;
+      }
+      const unsigned direct = __ballot_sync(0xffffffffu, valid && !in_window);
+#pragma unroll
+      for (int r = 0; r < kEncoderLanes; ++r) {
+        if (direct & (1u << (group_base + r))) {
+          const int jr = r * kEncoderCorners + m;  // the corner lane r booked
+          const int pr = jr == 0 ? pixel[0] : jr == 1 ? pixel[1] : jr == 2 ? pixel[2] : pixel[3];
+          const float w = a * (jr == 0 ? bilinear[0] : jr == 1 ? bilinear[1] : jr == 2 ? bilinear[2] : bilinear[3]);
+          float* dst = accum_level + pr * row_stride + c_begin;
+          for (int c = 0; c + 4 <= part; c += 4) {
+            const float x[4] = {w * g[c_begin + c], w * g[c_begin + c + 1], w * g[c_begin + c + 2], w * g[c_begin + c + 3]};
+            atomic_add_vec<4>(dst + c, x);
+          }
         }
       }
     }
@@ -661,18 +686,18 @@ int forward_cuda(const CudaArgs& args, CudaStream stream) {
 }
 
 // The encoder kernel's conditions: queries are the value's own pixels (Q == S), fp32 accumulation,
-// whole float4 chunks per lane (D % 16 == 0) and a block holds at least one query's samples.
+// whole float4 chunks per lane (D % (4 * lanes) == 0) and a block holds at least one query's samples.
 bool plan_encoder_backward(const CudaArgs& args, int* V, EncoderLayout* layout) {
   const Sizes& sz = args.sizes;
-  if (sz.num_queries != sz.num_value || args.value_dtype == DType::kFloat64 || sz.head_dim % 16 != 0 ||
+  if (sz.num_queries != sz.num_value || args.value_dtype == DType::kFloat64 || sz.head_dim % (4 * kEncoderLanes) != 0 ||
       sz.num_points > kEncoderSamples) {
     return false;
   }
   const size_t elem = dtype_size(args.value_dtype);
-  const int64_t quarter = sz.head_dim / 4;
+  const int64_t part = sz.head_dim / kEncoderLanes;
   *V = 1;
   for (int width = 8; width > 1; width /= 2) {
-    if (width * elem <= 16 && quarter % width == 0 && aligned(args.value, width * elem)) {
+    if (width * elem <= 16 && part % width == 0 && aligned(args.value, width * elem)) {
       *V = width;
       break;
     }

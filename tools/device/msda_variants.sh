@@ -7,7 +7,7 @@
 #   e.g. tools/device/msda_variants.sh default= slots2048=-DCODETR_MSDA_BACKWARD_WINDOW_SLOTS=2048
 #   (knobs of the experiment branch experiment/msda-backward-window; see BENCHMARKS.md)
 # Env: CASES (default "encoder 768,decoder"), VARIANTS (default "fp32,fp16"), ITERS (default 50),
-#      SKIP_TESTS=1 to skip pytest.
+#      SKIP_TESTS=1 to skip pytest, TEST_ALL=1 to test every variant.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out}
@@ -26,12 +26,16 @@ for spec in "$@"; do
 done
 wait
 lib() { echo "$PWD/build-variant-$1/csrc/libcodetr_ops.so"; }
-if [ "${SKIP_TESTS:-0}" != 1 ] && [ -f "$(lib "${names[0]}")" ]; then
-  echo "== pytest (${names[0]})"
-  CODETR_OPS_LIBRARY=$(lib "${names[0]}") python3 -m pytest -q -p no:cacheprovider tests/test_ms_deform_attn.py \
-    > "$OUT/pytest.log" 2>&1
-  echo "pytest rc=$?"; grep -E "passed|failed|FAILED|Error" "$OUT/pytest.log" | tail -25
-fi
+# Tests: on the first variant (TEST_ALL=1: on every variant; SKIP_TESTS=1: none).
+for name in "${names[@]}"; do
+  [ "${SKIP_TESTS:-0}" = 1 ] && break
+  [ -f "$(lib "$name")" ] || continue
+  echo "== pytest ($name)"
+  CODETR_OPS_LIBRARY=$(lib "$name") python3 -m pytest -q -p no:cacheprovider tests/test_ms_deform_attn.py \
+    > "$OUT/pytest-$name.log" 2>&1
+  echo "pytest rc=$?"; grep -E "passed|failed|FAILED|Error" "$OUT/pytest-$name.log" | tail -25
+  [ "${TEST_ALL:-0}" = 1 ] || break
+done
 for name in "${names[@]}"; do
   if [ ! -f "$(lib "$name")" ]; then echo "== $name: build failed"; tail -30 "$OUT/build-$name.log"; continue; fi
   echo "== $name"
