@@ -383,20 +383,21 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
                             coord_t* __restrict__ grad_sampling_locations,
                             coord_t* __restrict__ grad_attention_weights, const Sizes sizes,
                             const LevelShapes levels, const EncoderLayout layout) {
-  // Shared memory: grad_output rows [Qb][D] | corner weight [4N] | list next [4N] |
-  // grad_output row offset of each corner [4N] | list heads [2][slots] | touched pixels [2][4N] |
-  // touched counts [2]. Heads, touched lists and counts are double-buffered by level parity so that
-  // one level's lists are cleared while the next level fills the other buffer.
+  // Shared memory: grad_output rows [Qb][D] | per-level windows [L] | corner records [4N] |
+  // list heads [2][slots] | touched pixels [2][4N] | touched counts [2]. Heads, touched lists and
+  // counts are double-buffered by level parity so that one level's lists are cleared while the
+  // next level fills the other buffer.
   extern __shared__ __align__(16) unsigned char encoder_smem[];
   const int D = static_cast<int>(sizes.head_dim), L = static_cast<int>(sizes.num_levels);
   const int P = static_cast<int>(sizes.num_points), H = static_cast<int>(sizes.num_heads);
   const int64_t Q = sizes.num_queries;
   const int Qb = layout.queries_per_block, N = Qb * P;
   float* grad_out_s = reinterpret_cast<float*>(encoder_smem);
-  float* corner_weight = grad_out_s + Qb * D;
-  int* next = reinterpret_cast<int*>(corner_weight + 4 * N);
-  int* corner_row = next + 4 * N;
-  int* heads = corner_row + 4 * N;
+  int4* windows = reinterpret_cast<int4*>(grad_out_s + Qb * D);  // (x0, y0, width, height)
+  // A corner on a window pixel's list: (attn * bilinear weight as float bits, offset of its query's
+  // grad_output row, next corner on the list or -1, unused); one 16-byte shared load in the walk.
+  int4* record = windows + kMaxLevels;
+  int* heads = reinterpret_cast<int*>(record + 4 * N);
   int* touched = heads + 2 * kEncoderWindowSlots;
   int* touched_count = touched + 2 * 4 * N;
 
@@ -412,6 +413,11 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
   }
   for (int i = t; i < 2 * kEncoderWindowSlots; i += kEncoderThreads) heads[i] = -1;
   if (t < 2) touched_count[t] = 0;
+  const QueryRun run = query_run(q_begin, q_last, levels);
+  if (t < L) {
+    const Window w = encoder_window(run, t, levels);
+    windows[t] = make_int4(w.x0, w.y0, w.width, w.height);
+  }
   __syncthreads();
 
   const int row_stride = H * D;
@@ -423,7 +429,7 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
   const bool active = sample < N && q < Q;
   const int part = D / kEncoderLanes, c_begin = k * part;
   const float* g = grad_out_s + q_local * D;
-  const QueryRun run = query_run(q_begin, q_last, levels);
+  const int64_t lp_base = ((b * Q + q) * H + h) * L * P + p;
   // Flush mapping, fixed for the block: thread -> (first window pixel, 4-channel chunk).
   const int chunks = D / 4;  // float4 chunks of a grad_value row
   const int slot_step = kEncoderThreads / chunks;
@@ -434,7 +440,8 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
     const int height = levels.height[l], width = levels.width[l];
     const scalar_t* value_level = value + bh_offset + levels.start[l] * row_stride;
     float* accum_level = grad_value_accum + bh_offset + levels.start[l] * row_stride;
-    const Window win = encoder_window(run, l, levels);
+    const int4 window = windows[l];
+    const Window win{window.x, window.y, window.z, window.w};
     const int cur = l & 1, other = cur ^ 1;
     int* head = heads + cur * kEncoderWindowSlots;
     int* touched_cur = touched + cur * 4 * N;
@@ -444,7 +451,7 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
     }
     if (t == 0) touched_count[other] = 0;
 
-    const int64_t lp_index = ((b * Q + q) * H + h) * L * P + l * P + p;
+    const int64_t lp_index = lp_base + l * P;
     float a = 0.f;
     BilinearSample<float> s{};
     if (active) {
@@ -515,10 +522,9 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
       const int slot = (cy - win.y0) * win.width + cx - win.x0;
       int previous = 0;
       if (in_window) {
-        corner_weight[corner] = a * (j == 0 ? bilinear[0] : j == 1 ? bilinear[1] : j == 2 ? bilinear[2] : bilinear[3]);
-        corner_row[corner] = q_local * D;
+        const float w = a * (j == 0 ? bilinear[0] : j == 1 ? bilinear[1] : j == 2 ? bilinear[2] : bilinear[3]);
         previous = atomicExch(&head[slot], corner);
-        next[corner] = previous;
+        record[corner] = make_int4(__float_as_int(w), q_local * D, previous, 0);
       }
       // First corner on a pixel: append the pixel to the touched list (one counter atomic per warp).
       const unsigned first = __ballot_sync(0xffffffffu, in_window && previous < 0);
@@ -552,10 +558,11 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
       int e = head[pixel_slot];
       float sum[4] = {0.f, 0.f, 0.f, 0.f};
       do {
-        const float w = corner_weight[e];
-        const float4 gv = *reinterpret_cast<const float4*>(grad_out_s + corner_row[e] + flush_channel);
+        const int4 r = record[e];
+        const float w = __int_as_float(r.x);
+        const float4 gv = *reinterpret_cast<const float4*>(grad_out_s + r.y + flush_channel);
         sum[0] += w * gv.x, sum[1] += w * gv.y, sum[2] += w * gv.z, sum[3] += w * gv.w;
-        e = next[e];
+        e = r.z;
       } while (e >= 0);
       const int window_row = pixel_slot / win.width;
       const int pixel_index = (win.y0 + window_row) * width + win.x0 + pixel_slot - window_row * win.width;
@@ -729,8 +736,8 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
           const int Qb = encoder.queries_per_block;
           const int D = static_cast<int>(args.sizes.head_dim);
           const int corners = 4 * Qb * static_cast<int>(args.sizes.num_points);
-          const size_t smem = sizeof(float) * (static_cast<size_t>(Qb) * D + corners) +
-                              sizeof(int) * (4 * corners + 2 * static_cast<size_t>(kEncoderWindowSlots) + 2);
+          const size_t smem = sizeof(float) * static_cast<size_t>(Qb) * D + sizeof(int4) * (kMaxLevels + corners) +
+                              sizeof(int) * (2 * corners + 2 * static_cast<size_t>(kEncoderWindowSlots) + 2);
           const int64_t blocks = args.sizes.batch * args.sizes.num_heads * encoder.blocks_per_head;
           encoder_backward_kernel<scalar_t, coord_t, kV>
               <<<static_cast<unsigned int>(blocks), kEncoderThreads, smem, stream>>>(
