@@ -76,7 +76,7 @@ def _load_tool():
 
 def test_compare_precision_tool_on_tiny_swin(capsys):
     tool = _load_tool()
-    rc = tool.main(["--preset", "tiny_swin", "--size", "128x160", "--device", "cpu", "--msda-impl", "pytorch",
+    rc = tool.main(["--preset", "tiny_swin", "--size", "160x128", "--device", "cpu", "--msda-impl", "pytorch",
                     "--dtypes", "float32,float16,bfloat16"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 0
@@ -100,7 +100,7 @@ def test_compare_precision_tool_reports_overflow(tmp_path, capsys):
     state["backbone.stages.1.blocks.0.ffn.layers.0.0.weight"] *= 1e6
     ckpt = tmp_path / "overflow.safetensors"
     save_file(state, str(ckpt))
-    rc = _load_tool().main(["--preset", "tiny_swin", "--size", "96x128", "--device", "cpu", "--msda-impl", "pytorch",
+    rc = _load_tool().main(["--preset", "tiny_swin", "--size", "128x96", "--device", "cpu", "--msda-impl", "pytorch",
                             "--dtypes", "float16,bfloat16", "--checkpoint", str(ckpt)])
     out = capsys.readouterr().out
     report = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from codetr.models import build_model  # noqa: E402
 from codetr.nn import MultiScaleDeformableAttention  # noqa: E402
+from codetr.precision import compare_detections  # noqa: E402
 
 SHORT_PRESETS = {
     "r50": "co_dino_5scale_r50_8xb2_1x_coco",
@@ -128,33 +129,6 @@ def count_flops(model, image):
     return counter.get_total_flops() + msda_flops[0], msda_flops[0]
 
 
-def box_iou(a, b):
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
-
-
-def compare_precision(ref, out, topk=100):
-    """fp16/bf16 vs fp32 outputs of the same model and input: scores max abs diff, box rel err
-    (on the fp32 top-k matched by position), and the share of the fp32 top-k detections that
-    have a detection of the same label with IoU >= 0.9 among the reduced-precision top-k."""
-    rb, rs, rl = (t[0].float() for t in ref)
-    ob, os_, ol = (t[0].float() for t in out)
-    agree = 0
-    iou = box_iou(rb[:topk], ob[:topk])
-    same_label = rl[:topk, None] == ol[None, :topk]
-    agree = int(((iou >= 0.9) & same_label).any(1).sum())
-    return {
-        "finite": bool(torch.isfinite(ob).all() and torch.isfinite(os_).all()),
-        "scores_max_abs_diff": float((rs - os_).abs().max()),
-        "boxes_rel_err": float((rb - ob).norm() / rb.norm().clamp(min=1e-12)),
-        f"top{topk}_agreement": agree / topk,
-    }
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="swin_l", help="r50, swin_l or a full preset name")
@@ -221,7 +195,7 @@ def main():
                 for mode, out in outputs.items():
                     if mode != "eager_fp32":
                         cmp = {"compare": f"{mode} vs eager_fp32", "size": [W, H], "batch": batch,
-                               **compare_precision(outputs["eager_fp32"], out)}
+                               **compare_detections(outputs["eager_fp32"], out)}
                         results["runs"].append(cmp)
                         print(json.dumps(cmp), flush=True)
 

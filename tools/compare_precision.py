@@ -13,9 +13,9 @@ Input: --image (a picture, through the preset's test pipeline at a fixed --size)
 a seeded random normalised tensor of --size. Device: cuda when available, else cpu (--device).
 Exit code 0 when every run is finite, 1 when one is not (the JSON says which), 2 on bad arguments.
 
-  python tools/compare_precision.py --preset co_dino_5scale_swin_l_16xb1_1x_coco --size 768x1152 \\
+  python tools/compare_precision.py --preset co_dino_5scale_swin_l_16xb1_1x_coco --size 1152x768 \\
       --checkpoint co_dino_swin_l.pth --image demo.jpg          # on the GPU machine
-  python tools/compare_precision.py --preset tiny_swin --size 128x160 --device cpu   # quick CPU check
+  python tools/compare_precision.py --preset tiny_swin --size 160x128 --device cpu   # quick CPU check
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", required=True, help="preset name (official or reduced, e.g. tiny_swin)")
     p.add_argument("--checkpoint", default=None, help="mmdet .pth / state_dict / safetensors (default: random weights)")
-    p.add_argument("--size", default="768x1152", help="HxW of the input tensor, multiples of 32 (default 768x1152)")
+    p.add_argument("--size", default="1152x768",
+                   help="WxH of the input tensor (as tools/bench_model.py), multiples of 32 (default 1152x768)")
     p.add_argument("--dtypes", default="float16,bfloat16",
                    help="comma-separated dtypes compared with float32 (float16, bfloat16, float32 = self-check)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -97,9 +98,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     preset = get_preset(args.preset)
     try:
-        height, width = (int(v) for v in args.size.lower().split("x"))
+        width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"compare_precision: --size must be HxW, got {args.size!r}") from None
+        raise SystemExit(f"compare_precision: --size must be WxH, got {args.size!r}") from None
     names = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = [d for d in names if d not in DTYPES]
     if unknown:
