@@ -303,6 +303,18 @@ def test_backward_cuda_more_shapes(P, D, Q):
             assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], (dtype, name)
 
 
+@cuda
+def test_backward_cuda_queries_as_many_as_pixels_but_random():
+    """Q == S selects the encoder backward kernel even when the queries are not the pixels: with
+    random locations (and batch 2) most corners miss the block windows and are added directly."""
+    levels = [(32, 64), (16, 32), (8, 16)]
+    S = sum(h * w for h, w in levels)
+    for dtype in (torch.float32, torch.float16):
+        grads, ref_grads = backward_pair(levels, dtype, torch.float32, "cuda", D=32, Q=S, P=4, seed=11, exact=True)
+        for name, got, want in zip(("value", "loc", "attn"), grads, ref_grads):
+            assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], (dtype, name)
+
+
 def encoder_like_case(levels, H, D, dtype, coord_dtype, seed=5, P=4):
     """Encoder-style inputs: one query per pixel of every level (level-major, row-major), sampling
     around its own pixel centre with N(0, 2 px) offsets, some off the map. Power-of-two level sizes
