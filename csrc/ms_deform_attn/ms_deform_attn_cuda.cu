@@ -333,9 +333,33 @@ struct EncoderLayout {
   int64_t blocks_per_head;
 };
 
-struct Window {
+struct alignas(16) Window {  // 16-byte aligned: one shared-memory load per level
   int x0, y0, width, height;  // in pixels of the sampled level; width * height <= kEncoderWindowSlots
 };
+
+// Byte offsets of encoder_backward_kernel's shared-memory arrays (the launch sizes the allocation
+// with `bytes`): grad_output rows [Qb][D] float | per-level windows [kMaxLevels] | corner records
+// [4N] int4 | list heads [2][kEncoderWindowSlots] int | touched pixels [2][4N] int | touched counts
+// [2] int. Heads, touched lists and counts are double-buffered by level parity so that one level's
+// lists are cleared while the next level fills the other buffer.
+struct EncoderShared {
+  size_t windows, records, heads, touched, touched_count, bytes;
+  __host__ __device__ EncoderShared(int Qb, int D, int N) {
+    windows = sizeof(float) * Qb * D;  // D % 8 == 0: 16-byte aligned
+    records = windows + sizeof(Window) * kMaxLevels;
+    heads = records + sizeof(int4) * 4 * N;
+    touched = heads + sizeof(int) * 2 * kEncoderWindowSlots;
+    touched_count = touched + sizeof(int) * 2 * 4 * N;
+    bytes = touched_count + sizeof(int) * 2;
+  }
+};
+
+// a[j] for a runtime j < 4 through selects: indexing a register array with a lane-dependent j
+// would move the array to local memory.
+template <typename T>
+__device__ __forceinline__ T pick4(const T (&a)[4], int j) {
+  return j == 0 ? a[0] : j == 1 ? a[1] : j == 2 ? a[2] : a[3];
+}
 
 // Where a block's queries sit: a run [col_first, col_last] of one row of level `level` (only the
 // part of them in the first query's row: a block that straddles a row end adds the rest directly).
@@ -383,23 +407,20 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
                             coord_t* __restrict__ grad_sampling_locations,
                             coord_t* __restrict__ grad_attention_weights, const Sizes sizes,
                             const LevelShapes levels, const EncoderLayout layout) {
-  // Shared memory: grad_output rows [Qb][D] | per-level windows [L] | corner records [4N] |
-  // list heads [2][slots] | touched pixels [2][4N] | touched counts [2]. Heads, touched lists and
-  // counts are double-buffered by level parity so that one level's lists are cleared while the
-  // next level fills the other buffer.
   extern __shared__ __align__(16) unsigned char encoder_smem[];
   const int D = static_cast<int>(sizes.head_dim), L = static_cast<int>(sizes.num_levels);
   const int P = static_cast<int>(sizes.num_points), H = static_cast<int>(sizes.num_heads);
   const int64_t Q = sizes.num_queries;
   const int Qb = layout.queries_per_block, N = Qb * P;
+  const EncoderShared shared(Qb, D, N);
   float* grad_out_s = reinterpret_cast<float*>(encoder_smem);
-  int4* windows = reinterpret_cast<int4*>(grad_out_s + Qb * D);  // (x0, y0, width, height)
+  Window* windows = reinterpret_cast<Window*>(encoder_smem + shared.windows);
   // A corner on a window pixel's list: (attn * bilinear weight as float bits, offset of its query's
   // grad_output row, next corner on the list or -1, unused); one 16-byte shared load in the walk.
-  int4* record = windows + kMaxLevels;
-  int* heads = reinterpret_cast<int*>(record + 4 * N);
-  int* touched = heads + 2 * kEncoderWindowSlots;
-  int* touched_count = touched + 2 * 4 * N;
+  int4* record = reinterpret_cast<int4*>(encoder_smem + shared.records);
+  int* heads = reinterpret_cast<int*>(encoder_smem + shared.heads);
+  int* touched = reinterpret_cast<int*>(encoder_smem + shared.touched);
+  int* touched_count = reinterpret_cast<int*>(encoder_smem + shared.touched_count);
 
   const int64_t bh = blockIdx.x / layout.blocks_per_head;
   const int64_t q_begin = (blockIdx.x % layout.blocks_per_head) * Qb;
@@ -414,10 +435,7 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
   for (int i = t; i < 2 * kEncoderWindowSlots; i += kEncoderThreads) heads[i] = -1;
   if (t < 2) touched_count[t] = 0;
   const QueryRun run = query_run(q_begin, q_last, levels);
-  if (t < L) {
-    const Window w = encoder_window(run, t, levels);
-    windows[t] = make_int4(w.x0, w.y0, w.width, w.height);
-  }
+  if (t < L) windows[t] = encoder_window(run, t, levels);
   __syncthreads();
 
   const int row_stride = H * D;
@@ -440,8 +458,7 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
     const int height = levels.height[l], width = levels.width[l];
     const scalar_t* value_level = value + bh_offset + levels.start[l] * row_stride;
     float* accum_level = grad_value_accum + bh_offset + levels.start[l] * row_stride;
-    const int4 window = windows[l];
-    const Window win{window.x, window.y, window.z, window.w};
+    const Window win = windows[l];
     const int cur = l & 1, other = cur ^ 1;
     int* head = heads + cur * kEncoderWindowSlots;
     int* touched_cur = touched + cur * 4 * N;
@@ -516,13 +533,13 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
       const int j = k * kEncoderCorners + m;
       const int corner = 4 * sample + j;
       const int cx = s.x0 + (j & 1), cy = s.y0 + (j >> 1);
-      const bool valid = j == 0 ? s.valid[0] : j == 1 ? s.valid[1] : j == 2 ? s.valid[2] : s.valid[3];
+      const bool valid = pick4(s.valid, j);
       const bool in_window = valid && cx >= win.x0 && cx < win.x0 + win.width && cy >= win.y0 &&
                              cy < win.y0 + win.height;
       const int slot = (cy - win.y0) * win.width + cx - win.x0;
       int previous = 0;
       if (in_window) {
-        const float w = a * (j == 0 ? bilinear[0] : j == 1 ? bilinear[1] : j == 2 ? bilinear[2] : bilinear[3]);
+        const float w = a * pick4(bilinear, j);
         previous = atomicExch(&head[slot], corner);
         record[corner] = make_int4(__float_as_int(w), q_local * D, previous, 0);
       }
@@ -539,9 +556,8 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
       for (int r = 0; r < kEncoderLanes; ++r) {
         if (direct & (1u << (group_base + r))) {
           const int jr = r * kEncoderCorners + m;  // the corner lane r booked
-          const int pr = jr == 0 ? pixel[0] : jr == 1 ? pixel[1] : jr == 2 ? pixel[2] : pixel[3];
-          const float w = a * (jr == 0 ? bilinear[0] : jr == 1 ? bilinear[1] : jr == 2 ? bilinear[2] : bilinear[3]);
-          float* dst = accum_level + pr * row_stride + c_begin;
+          const float w = a * pick4(bilinear, jr);
+          float* dst = accum_level + pick4(pixel, jr) * row_stride + c_begin;
           for (int c = 0; c + 4 <= part; c += 4) {
             const float x[4] = {w * g[c_begin + c], w * g[c_begin + c + 1], w * g[c_begin + c + 2], w * g[c_begin + c + 3]};
             atomic_add_vec<4>(dst + c, x);
@@ -735,9 +751,7 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
           constexpr int kV = decltype(width)::value;
           const int Qb = encoder.queries_per_block;
           const int D = static_cast<int>(args.sizes.head_dim);
-          const int corners = 4 * Qb * static_cast<int>(args.sizes.num_points);
-          const size_t smem = sizeof(float) * static_cast<size_t>(Qb) * D + sizeof(int4) * (kMaxLevels + corners) +
-                              sizeof(int) * (2 * corners + 2 * static_cast<size_t>(kEncoderWindowSlots) + 2);
+          const size_t smem = EncoderShared(Qb, D, Qb * static_cast<int>(args.sizes.num_points)).bytes;
           const int64_t blocks = args.sizes.batch * args.sizes.num_heads * encoder.blocks_per_head;
           encoder_backward_kernel<scalar_t, coord_t, kV>
               <<<static_cast<unsigned int>(blocks), kEncoderThreads, smem, stream>>>(
