@@ -3,11 +3,8 @@
 # plugin-free ONNX under onnxruntime vs the AOTInductor CPU package under codetr-detect.
 # Expects build-device/ from tools/device/bench_full.sh in the same session, else builds it.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python CUDA_VISIBLE_DEVICES=""
-export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+source "$(dirname "$0")/env.sh"
+export CUDA_VISIBLE_DEVICES=""
 lscpu | grep -E "Model name|^CPU\(s\)" | tee "$OUT/cpu.txt"
 [ -x build-device/cpp/codetr-detect ] || CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh \
   -DCODETR_BUILD_TESTS=OFF -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include > "$OUT/build.log" 2>&1

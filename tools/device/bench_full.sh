@@ -9,13 +9,7 @@
 # Carry .deps (nlohmann/json.hpp: the machine has none). Logs and JSON go to $OUT.
 # Usage: tools/device/bench_full.sh eager aoti
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
-# The image's /opt/gcc g++ links a private static libstdc++ that crashes on C++ exceptions
-# (see tools/device/msda.sh); build with the system compiler.
-export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 

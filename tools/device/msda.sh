@@ -3,16 +3,9 @@
 # suite (CUDA tests included), then the microbenchmark. Logs go to $OUT (default ./out).
 # Usage: tools/device/msda.sh [--bench-only] [extra bench args]
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
+source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
-# The image's default compiler (CXX=/opt/gcc/bin/g++) has no shared libstdc++: a library it links
-# carries a private libstdc++ copy and crashes on its first TORCH_CHECK error (2026-11-24, see
-# tools/device/msda_exception_probe.sh). csrc/CMakeLists.txt refuses such a compiler; use the system one.
-export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
 echo "== build"
 CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
   -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }

@@ -4,10 +4,7 @@
 # op into build-device). Prints ncu's speed-of-light, occupancy, warp-state and source-counter
 # sections. ncu runs with --clock-control none (leave the clocks alone: METHOD.md).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/python CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+source "$(dirname "$0")/env.sh"
 LIB=${1:-}
 if [ -z "$LIB" ]; then
   CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \

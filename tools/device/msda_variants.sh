@@ -9,12 +9,7 @@
 # Env: CASES (default "encoder 768,decoder"), VARIANTS (default "fp32,fp16"), ITERS (default 50),
 #      SKIP_TESTS=1 to skip pytest, TEST_ALL=1 to test every variant.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
-# The image's /opt/gcc g++ links libstdc++ statically (crash on the first C++ exception): see msda.sh.
-export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 names=()
 for spec in "$@"; do

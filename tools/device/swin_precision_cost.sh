@@ -6,10 +6,7 @@
 # c4b1edc:python/codetr/models/swin.py`) in the same call, then runs tools/compare_precision.py for
 # R50 and Swin-L (random weights; SKIP_PRECISION=1 skips it). BATCHES: default 1,4. Logs go to $OUT.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+source "$(dirname "$0")/env.sh"
 OLD_SWIN=${1:?usage: swin_precision_cost.sh OLD_SWIN_PY}
 CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
   -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }

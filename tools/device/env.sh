@@ -1,0 +1,10 @@
+# Sourced first by the GPU-machine scripts in tools/device (not run alone): work from the
+# repository root, logs under $OUT (default out/), Python from this checkout, and the system
+# compiler. The image's default compiler (CXX=/opt/gcc/bin/g++) has no shared libstdc++: a library
+# it links carries a private libstdc++ copy and crashes on its first TORCH_CHECK error (2026-11-24,
+# see tools/device/msda_exception_probe.sh); csrc/CMakeLists.txt refuses such a compiler.
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
+export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
