@@ -21,6 +21,8 @@ import runtime_standin as standin
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless provides the cv2 reference")
 torchvision = pytest.importorskip("torchvision")
 
+from reference_nms import reference_soft_nms  # noqa: E402  (needs torchvision)
+
 DATA = Path(__file__).resolve().parent / "data"
 DEMO = standin.REPO / "python" / "codetr" / "assets" / "demo.jpg"
 CLI = standin.runtime_binary("codetr-detect")
@@ -79,30 +81,6 @@ def reference_preprocess(bgrs: list, cfg: dict):
         images[i, :, :n.shape[0], :n.shape[1]] = torch.from_numpy(np.ascontiguousarray(n.transpose(2, 0, 1)))
         masks[i, :n.shape[0], :n.shape[1]] = False
     return images, masks, scales
-
-
-def reference_soft_nms(boxes, scores, iou_thr, method, sigma, min_score):
-    """mmcv soft_nms semantics, written plainly: pick the best remaining box, decay the rest."""
-    boxes = boxes.double()
-    scores = scores.double().clone()
-    remaining = list(range(len(scores)))
-    keep, kept_scores = [], []
-    while remaining:
-        best = max(remaining, key=lambda i: scores[i].item())
-        keep.append(best)
-        kept_scores.append(scores[best].item())
-        remaining.remove(best)
-        if not remaining:
-            break
-        rest = torch.tensor(remaining)
-        ious = torchvision.ops.box_iou(boxes[best:best + 1], boxes[rest])[0]
-        if method == "linear":
-            weight = torch.where(ious >= iou_thr, 1 - ious, torch.ones_like(ious))
-        else:
-            weight = torch.exp(-(ious ** 2) / sigma)
-        scores[rest] *= weight
-        remaining = [i for i in remaining if scores[i] >= min_score]
-    return torch.tensor(keep, dtype=torch.long), torch.tensor(kept_scores)
 
 
 def reference_postprocess(boxes, scores, labels, scale, ori_hw, post: dict):
