@@ -315,6 +315,30 @@ def test_backward_cuda_queries_as_many_as_pixels_but_random():
             assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], (dtype, name)
 
 
+@cuda
+@pytest.mark.parametrize("dtype,coord_dtype", CUDA_DTYPES, ids=str)
+@pytest.mark.parametrize("D", [32, 7])
+def test_backward_cuda_few_queries_leaves_untouched_rows_zero(dtype, coord_dtype, D):
+    """Few queries on large maps (the decoder's case): the general backward zeroes, accumulates and
+    reads back only the grad_value rows some corner reaches. Its buffers come uninitialised from the
+    caching allocator, here first filled with NaN: every row no corner reaches must be exactly 0,
+    the others must match the reference, and running the call again must give the same result."""
+    levels = [(64, 96), (32, 48), (16, 24)]
+    S = sum(h * w for h, w in levels)
+    # Freed at once: NaN-filled blocks in the allocator's large (> 1 MiB) and small pools.
+    torch.full((8 * S * 2 * D * 2,), float("nan"), device="cuda")
+    [torch.full((1 << 16,), float("nan"), device="cuda") for _ in range(32)]
+    grads, ref_grads = backward_pair(levels, dtype, coord_dtype, "cuda", D=D, Q=9, seed=D, exact=True)
+    untouched = ref_grads[0].abs().amax(-1) == 0  # (B, S, H)
+    assert 0.3 < untouched.float().mean() < 1.0
+    assert (grads[0][untouched.to(grads[0].device)] == 0).all()
+    for name, got, want in zip(("value", "loc", "attn"), grads, ref_grads):
+        assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], name
+    again, _ = backward_pair(levels, dtype, coord_dtype, "cuda", D=D, Q=9, seed=D, exact=True)
+    for got, repeat in zip(grads, again):
+        assert torch.allclose(got.float(), repeat.float(), rtol=1e-5, atol=1e-6)
+
+
 def encoder_like_case(levels, H, D, dtype, coord_dtype, seed=5, P=4):
     """Encoder-style inputs: one query per pixel of every level (level-major, row-major), sampling
     around its own pixel centre with N(0, 2 px) offsets, some off the map. Power-of-two level sizes

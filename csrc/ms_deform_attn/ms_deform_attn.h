@@ -68,10 +68,14 @@ void backward_cpu(const scalar_t* grad_output, const scalar_t* value,
 // ---- CUDA ---------------------------------------------------------------------------------
 enum class DType { kFloat32, kFloat16, kBFloat16, kFloat64 };
 
-// Pointers are device pointers, sampling_locations aligned to one (x, y) pair; value_dtype is the dtype of value/output/grad_output,
-// coord_dtype that of sampling_locations/attention_weights and their gradients (value_dtype or
-// kFloat32). grad_value_accum is zero-filled by the caller and has dtype float32 (float64 when
-// value is float64); the caller casts it to value's dtype.
+// Pointers are device pointers, sampling_locations aligned to one (x, y) pair; value_dtype is the
+// dtype of value/output/grad_output/grad_value, coord_dtype that of sampling_locations/
+// attention_weights and their gradients (value_dtype or kFloat32).
+// Backward: grad_value (value's dtype) is written in full. It is accumulated with atomics in
+// grad_value_accum, a 16-byte aligned workspace of B*S*H*D elements of float32 (float64 for
+// float64 values) that may be grad_value itself when value is float32/float64, and the general
+// kernel counts the corners that reach each (b, pixel, head) row in touched_rows, a workspace of
+// B*S*H int32. Neither workspace needs initialising.
 struct CudaArgs {
   DType value_dtype = DType::kFloat32;
   DType coord_dtype = DType::kFloat32;
@@ -80,7 +84,9 @@ struct CudaArgs {
   const void* attention_weights = nullptr;
   const void* grad_output = nullptr;   // backward only
   void* output = nullptr;              // forward only
-  void* grad_value_accum = nullptr;    // backward only
+  void* grad_value = nullptr;          // backward only
+  void* grad_value_accum = nullptr;    // backward only (workspace, see above)
+  int32_t* touched_rows = nullptr;     // backward only (workspace, see above)
   void* grad_sampling_locations = nullptr;
   void* grad_attention_weights = nullptr;
   Sizes sizes;

@@ -198,6 +198,76 @@ __device__ __forceinline__ acc_t group_sum(acc_t x, int lanes) {
   return x;
 }
 
+// ---- general backward: one group of lanes per sample ------------------------------------------
+//
+// Three passes (launched by backward_cuda), so that only the grad_value rows a call reaches are
+// zeroed, accumulated and read back (the Q=900 decoder reaches ~1/3 of the 768x1152 rows; zeroing
+// and casting the whole fp32 accumulator cost ~60 us of its backward, measured on an H100):
+//   mark_touched_rows_kernel  counts the corners reaching each (b, pixel, head) row and zeroes a
+//                             row's accumulator when its first corner arrives;
+//   backward_kernel           grad_loc, grad_attn, and grad_value with fp32 atomics;
+//   finalize_grad_value_kernel  grad_value = touched ? accumulator : 0, in value's dtype.
+// Both of the first two kernels find a sample's corners with make_bilinear_sample on the same
+// inputs, so they agree on which rows are touched.
+
+// Samples are numbered like sampling_locations' (b, q, h, l, p) entries.
+struct SampleIndex {
+  int64_t b;
+  int h;
+  int l;
+  int64_t row;  // (b*Q + q)*H + h, as in GroupIndex
+  int64_t entry;  // row*L*P + l*P + p: the sample's attention_weights entry
+};
+
+__device__ __forceinline__ SampleIndex sample_index(int64_t sample, const Sizes& sizes) {
+  const int64_t LP = sizes.num_levels * sizes.num_points;
+  SampleIndex s;
+  s.entry = sample;
+  s.row = sample / LP;
+  s.l = static_cast<int>((sample % LP) / sizes.num_points);
+  s.h = static_cast<int>(s.row % sizes.num_heads);
+  s.b = s.row / (sizes.num_queries * sizes.num_heads);
+  return s;
+}
+
+// grad_value row (b, pixel, head) of corner k of a sample on level l.
+__device__ __forceinline__ int64_t corner_row(const SampleIndex& si, int x0, int y0, int k, int width,
+                                              const Sizes& sizes, const LevelShapes& levels) {
+  const int64_t pixel = levels.start[si.l] + static_cast<int64_t>(y0 + k / 2) * width + x0 + k % 2;
+  return (si.b * sizes.num_value + pixel) * sizes.num_heads + si.h;
+}
+
+template <typename acc_t, typename coord_t>
+__global__ void __launch_bounds__(kBackwardThreadsPerBlock)
+    mark_touched_rows_kernel(const coord_t* __restrict__ sampling_locations, int32_t* __restrict__ touched_rows,
+                             acc_t* __restrict__ grad_value_accum, const Sizes sizes, const LevelShapes levels,
+                             int64_t num_samples) {
+  const int64_t sample = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (sample >= num_samples) return;
+  const SampleIndex si = sample_index(sample, sizes);
+  const int height = levels.height[si.l], width = levels.width[si.l];
+  const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * sample);
+  const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(xy.v[0]), to_acc<acc_t>(xy.v[1]), height, width);
+  const int D = static_cast<int>(sizes.head_dim);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!s.valid[k]) continue;
+    const int64_t row = corner_row(si, s.x0, s.y0, k, width, sizes, levels);
+    if (atomicAdd(touched_rows + row, 1) != 0) continue;
+    acc_t* dst = grad_value_accum + row * D;
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (D % 4 == 0) {  // the workspace is 16-byte aligned
+        for (int c = 0; c < D; c += 4) *reinterpret_cast<float4*>(dst + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+        continue;
+      }
+    }
+    for (int c = 0; c < D; ++c) dst[c] = acc_t(0);
+  }
+}
+
+// One group of lanes per sample: the backward has no per-(b, q, h) sum (grad_loc and grad_attn
+// are per sample, grad_value goes through atomics), so splitting the L*P samples over groups gives
+// the Q=900 decoder 20x the threads a per-query loop would have, to hide the gathers' latency.
 template <typename scalar_t, typename coord_t, int V>
 __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
     backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ value,
@@ -215,77 +285,76 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
   const int D = static_cast<int>(sizes.head_dim);
   const int c0 = lane * V;
   // Lanes past the end or past D stay for the group shuffles (every lane of a warp must reach
-  // them) but load and write nothing. Groups never straddle warps, and a warp's groups all run
-  // the same L*P iterations, so the shuffles below are never divergent.
+  // them) but load and write nothing. Groups never straddle warps.
   const bool group_ok = group < layout.num_groups;
   const bool lane_ok = group_ok && c0 < D;
 
-  const int L = static_cast<int>(sizes.num_levels);
-  const int P = static_cast<int>(sizes.num_points);
-  const GroupIndex g = group_index(group_ok ? group : 0, sizes);
-  const int64_t row_stride = sizes.num_heads * D;
-  const int64_t value_offset = g.b * sizes.num_value * row_stride + g.h * D + c0;
-  const coord_t* loc = sampling_locations + g.row * L * P * 2;
-  const coord_t* attn = attention_weights + g.row * L * P;
-
-  acc_t grad_out[V];
-  if (lane_ok) {
-    load_acc<scalar_t, V>(grad_output + g.row * D + c0, grad_out);
-  } else {
+  const SampleIndex si = sample_index(group_ok ? group : 0, sizes);
+  const int height = levels.height[si.l], width = levels.width[si.l];
+  const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * si.entry);
+  const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(xy.v[0]), to_acc<acc_t>(xy.v[1]), height, width);
+  const acc_t a = to_acc<acc_t>(attention_weights[si.entry]);
+  acc_t grad_a = 0, grad_fx = 0, grad_fy = 0;
+  if (lane_ok && s.inside) {
+    acc_t grad_out[V];
+    load_acc<scalar_t, V>(grad_output + si.row * D + c0, grad_out);
+    const acc_t corner_weight[4] = {(1 - s.fx) * (1 - s.fy), s.fx * (1 - s.fy), (1 - s.fx) * s.fy, s.fx * s.fy};
+    acc_t v[4][V];
 #pragma unroll
-    for (int i = 0; i < V; ++i) grad_out[i] = acc_t(0);
-  }
-
-  for (int l = 0; l < L; ++l) {
-    const int height = levels.height[l], width = levels.width[l];
-    const int64_t level_offset = value_offset + levels.start[l] * row_stride;
-    for (int p = 0; p < P; ++p) {
-      const int lp = l * P + p;
-      const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(loc + 2 * lp);
-      const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(xy.v[0]), to_acc<acc_t>(xy.v[1]), height, width);
-      const acc_t a = to_acc<acc_t>(attn[lp]);
-      acc_t grad_a = 0, grad_fx = 0, grad_fy = 0;
-      if (lane_ok && s.inside) {
-        const acc_t corner_weight[4] = {(1 - s.fx) * (1 - s.fy), s.fx * (1 - s.fy), (1 - s.fx) * s.fy,
-                                        s.fx * s.fy};
-        acc_t v[4][V];
+    for (int k = 0; k < 4; ++k) {
+      if (s.valid[k]) {
+        const int64_t offset = corner_row(si, s.x0, s.y0, k, width, sizes, levels) * D + c0;
+        load_acc<scalar_t, V>(value + offset, v[k]);
+        acc_t gv[V];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          if (s.valid[k]) {
-            const int64_t offset =
-                level_offset + (static_cast<int64_t>(s.y0 + k / 2) * width + s.x0 + k % 2) * row_stride;
-            load_acc<scalar_t, V>(value + offset, v[k]);
-            acc_t gv[V];
+        for (int i = 0; i < V; ++i) gv[i] = a * corner_weight[k] * grad_out[i];
+        atomic_add_vec<V>(grad_value_accum + offset, gv);
+      } else {
 #pragma unroll
-            for (int i = 0; i < V; ++i) gv[i] = a * corner_weight[k] * grad_out[i];
-            atomic_add_vec<V>(grad_value_accum + offset, gv);
-          } else {
-#pragma unroll
-            for (int i = 0; i < V; ++i) v[k][i] = acc_t(0);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const acc_t sample = corner_weight[0] * v[0][i] + corner_weight[1] * v[1][i] +
-                               corner_weight[2] * v[2][i] + corner_weight[3] * v[3][i];
-          grad_a += grad_out[i] * sample;
-          grad_fx += grad_out[i] * ((1 - s.fy) * (v[1][i] - v[0][i]) + s.fy * (v[3][i] - v[2][i]));
-          grad_fy += grad_out[i] * ((1 - s.fx) * (v[2][i] - v[0][i]) + s.fx * (v[3][i] - v[1][i]));
-        }
-      }
-      grad_a = group_sum(grad_a, lanes);
-      grad_fx = group_sum(grad_fx, lanes);
-      grad_fy = group_sum(grad_fy, lanes);
-      if (group_ok && lane == 0) {
-        // x = loc_x * width - 0.5, so d/d loc_x = width * d/dx (likewise y).
-        grad_attention_weights[g.row * L * P + lp] = from_acc<coord_t>(grad_a);
-        grad_sampling_locations[(g.row * L * P + lp) * 2] =
-            from_acc<coord_t>(a * grad_fx * static_cast<acc_t>(width));
-        grad_sampling_locations[(g.row * L * P + lp) * 2 + 1] =
-            from_acc<coord_t>(a * grad_fy * static_cast<acc_t>(height));
+        for (int i = 0; i < V; ++i) v[k][i] = acc_t(0);
       }
     }
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const acc_t sample = corner_weight[0] * v[0][i] + corner_weight[1] * v[1][i] +
+                           corner_weight[2] * v[2][i] + corner_weight[3] * v[3][i];
+      grad_a += grad_out[i] * sample;
+      grad_fx += grad_out[i] * ((1 - s.fy) * (v[1][i] - v[0][i]) + s.fy * (v[3][i] - v[2][i]));
+      grad_fy += grad_out[i] * ((1 - s.fx) * (v[2][i] - v[0][i]) + s.fx * (v[3][i] - v[1][i]));
+    }
   }
+  grad_a = group_sum(grad_a, lanes);
+  grad_fx = group_sum(grad_fx, lanes);
+  grad_fy = group_sum(grad_fy, lanes);
+  if (group_ok && lane == 0) {
+    // x = loc_x * width - 0.5, so d/d loc_x = width * d/dx (likewise y).
+    grad_attention_weights[si.entry] = from_acc<coord_t>(grad_a);
+    grad_sampling_locations[si.entry * 2] = from_acc<coord_t>(a * grad_fx * static_cast<acc_t>(width));
+    grad_sampling_locations[si.entry * 2 + 1] = from_acc<coord_t>(a * grad_fy * static_cast<acc_t>(height));
+  }
+}
+
+// grad_value from the accumulator, C elements per thread (C divides D, so a chunk is in one row).
+// touched_rows == nullptr: every row was accumulated (the encoder kernel's dense accumulator).
+// In place (grad_value is the accumulator): only the untouched rows are written (zeros).
+template <typename scalar_t, typename acc_t, int C>
+__global__ void __launch_bounds__(kBackwardThreadsPerBlock)
+    finalize_grad_value_kernel(const acc_t* __restrict__ grad_value_accum, const int32_t* __restrict__ touched_rows,
+                               scalar_t* grad_value, int64_t num_chunks, int chunks_per_row, bool in_place) {
+  const int64_t chunk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (chunk >= num_chunks) return;
+  const bool touched = touched_rows == nullptr || touched_rows[chunk / chunks_per_row] != 0;
+  if (in_place && touched) return;
+  Vec<scalar_t, C> out;
+  if (touched) {
+    const Vec<acc_t, C> in = reinterpret_cast<const Vec<acc_t, C>*>(grad_value_accum)[chunk];
+#pragma unroll
+    for (int i = 0; i < C; ++i) out.v[i] = from_acc<scalar_t>(in.v[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < C; ++i) out.v[i] = from_acc<scalar_t>(acc_t(0));
+  }
+  reinterpret_cast<Vec<scalar_t, C>*>(grad_value)[chunk] = out;
 }
 
 // ---- encoder backward: per-block sums of grad_value in shared memory ---------------------------
@@ -671,9 +740,12 @@ bool plan(const CudaArgs& args, std::initializer_list<const void*> vector_pointe
   return false;
 }
 
-unsigned int num_blocks(const GroupLayout& layout, int threads_per_block) {
-  const int64_t threads = layout.num_groups << layout.lanes_log2;
+unsigned int blocks_for(int64_t threads, int threads_per_block) {
   return static_cast<unsigned int>((threads + threads_per_block - 1) / threads_per_block);
+}
+
+unsigned int num_blocks(const GroupLayout& layout, int threads_per_block) {
+  return blocks_for(layout.num_groups << layout.lanes_log2, threads_per_block);
 }
 
 }  // namespace
@@ -731,13 +803,37 @@ bool plan_encoder_backward(const CudaArgs& args, int* V, EncoderLayout* layout) 
   return sz.batch * sz.num_heads * layout->blocks_per_head <= INT32_MAX;
 }
 
+namespace {
+
+// grad_value = cast(accumulator), or zeros where touched_rows says no corner arrived.
+template <typename scalar_t, typename acc_t>
+int finalize_grad_value(const CudaArgs& args, const int32_t* touched_rows, CudaStream stream) {
+  const Sizes& sz = args.sizes;
+  const bool in_place = args.grad_value == args.grad_value_accum;
+  if (in_place && touched_rows == nullptr) return static_cast<int>(cudaSuccess);
+  const int64_t elements = sz.batch * sz.num_value * sz.num_heads * sz.head_dim;
+  auto launch = [&](auto chunk) {
+    constexpr int kC = decltype(chunk)::value;
+    finalize_grad_value_kernel<scalar_t, acc_t, kC><<<blocks_for(elements / kC, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
+        static_cast<const acc_t*>(args.grad_value_accum), touched_rows, static_cast<scalar_t*>(args.grad_value),
+        elements / kC, static_cast<int>(sz.head_dim / kC), in_place);
+    return static_cast<int>(cudaGetLastError());
+  };
+  return sz.head_dim % 4 == 0 ? launch(Width<4>{}) : launch(Width<1>{});
+}
+
+}  // namespace
+
 int backward_cuda(const CudaArgs& args, CudaStream stream) {
+  const Sizes& sz = args.sizes;
+  const size_t accum_bytes = static_cast<size_t>(sz.batch * sz.num_value * sz.num_heads * sz.head_dim) *
+                             (args.value_dtype == DType::kFloat64 ? 8 : 4);
   int V = 0;
   GroupLayout layout{};
   if (!plan(args, {args.value, args.grad_output}, 8, &V, &layout)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  if (layout.num_groups == 0 || args.sizes.head_dim == 0) return static_cast<int>(cudaSuccess);
+  if (sz.head_dim == 0 || accum_bytes == 0) return static_cast<int>(cudaSuccess);
   int encoder_V = 0;
   EncoderLayout encoder{};
   const bool use_encoder_kernel = plan_encoder_backward(args, &encoder_V, &encoder);
@@ -747,37 +843,56 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
     using acc_t = acc_type_t<scalar_t>;
     if constexpr (std::is_same_v<acc_t, float>) {
       if (use_encoder_kernel) {
-        return dispatch_width<scalar_t>(encoder_V, [&](auto width) {
+        // The encoder's queries reach nearly every row: a dense zero-filled accumulator.
+        int status = static_cast<int>(cudaMemsetAsync(args.grad_value_accum, 0, accum_bytes, stream));
+        if (status != cudaSuccess) return status;
+        status = dispatch_width<scalar_t>(encoder_V, [&](auto width) {
           constexpr int kV = decltype(width)::value;
           const int Qb = encoder.queries_per_block;
-          const int D = static_cast<int>(args.sizes.head_dim);
-          const size_t smem = EncoderShared(Qb, D, Qb * static_cast<int>(args.sizes.num_points)).bytes;
-          const int64_t blocks = args.sizes.batch * args.sizes.num_heads * encoder.blocks_per_head;
+          const int D = static_cast<int>(sz.head_dim);
+          const size_t smem = EncoderShared(Qb, D, Qb * static_cast<int>(sz.num_points)).bytes;
+          const int64_t blocks = sz.batch * sz.num_heads * encoder.blocks_per_head;
           encoder_backward_kernel<scalar_t, coord_t, kV>
               <<<static_cast<unsigned int>(blocks), kEncoderThreads, smem, stream>>>(
               static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
               static_cast<const coord_t*>(args.sampling_locations),
               static_cast<const coord_t*>(args.attention_weights), static_cast<float*>(args.grad_value_accum),
               static_cast<coord_t*>(args.grad_sampling_locations),
-              static_cast<coord_t*>(args.grad_attention_weights), args.sizes, args.levels, encoder);
+              static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, encoder);
           return static_cast<int>(cudaGetLastError());
         });
+        if (status != cudaSuccess) return status;
+        return finalize_grad_value<scalar_t, acc_t>(args, nullptr, stream);
       }
     }
-    return dispatch_width<scalar_t>(V, [&](auto width) {
-      constexpr int kV = decltype(width)::value;
-      backward_kernel<scalar_t, coord_t, kV>
-          <<<num_blocks(layout, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
-          static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
-          static_cast<const coord_t*>(args.sampling_locations),
-          static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),
-          static_cast<coord_t*>(args.grad_sampling_locations),
-          static_cast<coord_t*>(args.grad_attention_weights), args.sizes, args.levels, layout);
-      return static_cast<int>(cudaGetLastError());
-    });
+    const int64_t samples = layout.num_groups * sz.num_levels * sz.num_points;
+    const size_t row_bytes = static_cast<size_t>(sz.batch * sz.num_value * sz.num_heads) * sizeof(int32_t);
+    int status = static_cast<int>(cudaMemsetAsync(args.touched_rows, 0, row_bytes, stream));
+    if (status != cudaSuccess) return status;
+    if (samples > 0) {
+      mark_touched_rows_kernel<acc_t, coord_t><<<blocks_for(samples, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
+          static_cast<const coord_t*>(args.sampling_locations), args.touched_rows,
+          static_cast<acc_t*>(args.grad_value_accum), sz, args.levels, samples);
+      status = static_cast<int>(cudaGetLastError());
+      if (status != cudaSuccess) return status;
+      GroupLayout per_sample = layout;
+      per_sample.num_groups = samples;
+      status = dispatch_width<scalar_t>(V, [&](auto width) {
+        constexpr int kV = decltype(width)::value;
+        backward_kernel<scalar_t, coord_t, kV>
+            <<<num_blocks(per_sample, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
+            static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
+            static_cast<const coord_t*>(args.sampling_locations),
+            static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),
+            static_cast<coord_t*>(args.grad_sampling_locations),
+            static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, per_sample);
+        return static_cast<int>(cudaGetLastError());
+      });
+      if (status != cudaSuccess) return status;
+    }
+    return finalize_grad_value<scalar_t, acc_t>(args, args.touched_rows, stream);
   });
 }
-
 
 }  // namespace msda
 }  // namespace codetr

@@ -96,26 +96,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const auto loc = aligned_to(sampling_locations.contiguous(), 2 * sampling_locations.element_size());
   const auto attn = attention_weights.contiguous();
   const auto grad_out = aligned_to(grad_output.contiguous(), kVectorBytes);
-  // grad_value is accumulated with atomics: in fp32 for fp16/bf16 (cast at the end), in value's
-  // dtype for fp32/fp64.
-  const auto accum_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto grad_value_accum = at::zeros(v.sizes(), v.options().dtype(accum_dtype));
+  // grad_value is accumulated with atomics in fp32 (fp64 for fp64 values): in place for fp32/fp64,
+  // in a workspace for fp16/bf16. The kernels write every element; no buffer needs zeroing here.
+  auto grad_value = at::empty_like(v);
+  const bool accumulate_in_place = value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble;
+  auto grad_value_accum = accumulate_in_place ? grad_value : at::empty(v.sizes(), v.options().dtype(at::kFloat));
+  auto touched_rows = at::empty({problem.sizes.batch * problem.sizes.num_value * problem.sizes.num_heads},
+                                v.options().dtype(at::kInt));
   // Every (b, q, h, l, p) entry is written by the kernel.
   auto grad_loc = at::empty_like(loc);
   auto grad_attn = at::empty_like(attn);
   if (grad_out.numel() > 0) {
     msda::CudaArgs args = operand_args(v, loc, attn, problem);
     args.grad_output = grad_out.data_ptr();
+    args.grad_value = grad_value.data_ptr();
     args.grad_value_accum = grad_value_accum.data_ptr();
+    args.touched_rows = touched_rows.data_ptr<int32_t>();
     args.grad_sampling_locations = grad_loc.data_ptr();
     args.grad_attention_weights = grad_attn.data_ptr();
     C10_CUDA_CHECK(static_cast<cudaError_t>(
         msda::backward_cuda(args, at::cuda::getCurrentCUDAStream().stream())));
   } else {
+    grad_value.zero_();
     grad_loc.zero_();
     grad_attn.zero_();
   }
-  return {grad_value_accum.to(value.scalar_type()), grad_loc, grad_attn};
+  return {grad_value, grad_loc, grad_attn};
 }
 
 }  // namespace
