@@ -73,9 +73,9 @@ enum class DType { kFloat32, kFloat16, kBFloat16, kFloat64 };
 // attention_weights and their gradients (value_dtype or kFloat32).
 // Backward: grad_value (value's dtype) is written in full. It is accumulated with atomics in
 // grad_value_accum, a 16-byte aligned workspace of B*S*H*D elements of float32 (float64 for
-// float64 values) that may be grad_value itself when value is float32/float64, and the general
-// kernel counts the corners that reach each (b, pixel, head) row in touched_rows, a workspace of
-// B*S*H int32. Neither workspace needs initialising.
+// float64 values) that may be grad_value itself when value is float32/float64; when it is not,
+// touched_rows, a workspace of B*S*H int32, flags the (b, pixel, head) rows some corner reaches.
+// Neither workspace needs initialising.
 struct CudaArgs {
   DType value_dtype = DType::kFloat32;
   DType coord_dtype = DType::kFloat32;

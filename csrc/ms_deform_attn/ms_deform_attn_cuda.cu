@@ -200,75 +200,78 @@ __device__ __forceinline__ acc_t group_sum(acc_t x, int lanes) {
 
 // ---- general backward: one group of lanes per sample ------------------------------------------
 //
-// Three passes (launched by backward_cuda), so that only the grad_value rows a call reaches are
-// zeroed, accumulated and read back (the Q=900 decoder reaches ~1/3 of the 768x1152 rows; zeroing
-// and casting the whole fp32 accumulator cost ~60 us of its backward, measured on an H100):
-//   mark_touched_rows_kernel  counts the corners reaching each (b, pixel, head) row and zeroes a
-//                             row's accumulator when its first corner arrives;
-//   backward_kernel           grad_loc, grad_attn, and grad_value with fp32 atomics;
-//   finalize_grad_value_kernel  grad_value = touched ? accumulator : 0, in value's dtype.
-// Both of the first two kernels find a sample's corners with make_bilinear_sample on the same
-// inputs, so they agree on which rows are touched.
+// backward_kernel adds every corner into an fp32 accumulator with atomics. For fp32/fp64 values
+// the accumulator is grad_value itself, zero-filled first. For fp16/bf16 it is a workspace that
+// would need zero-filling and a cast back, ~60 us for the 768x1152 value on an H100, while the
+// Q=900 decoder reaches only ~1/3 of its rows (b, pixel, head). So for them, three passes:
+//   mark_touched_rows_kernel    flags the rows some corner reaches and zeroes them (plain stores:
+//                               every corner's group zeroes its rows, no atomics and no ordering);
+//   backward_kernel             grad_loc, grad_attn, and the atomics into the flagged rows;
+//   finalize_grad_value_kernel  grad_value = flagged ? cast(accumulator) : 0.
+// Both of the first two kernels locate a sample with make_bilinear_sample on the same inputs, so
+// they agree on its corners.
 
-// Samples are numbered like sampling_locations' (b, q, h, l, p) entries.
+// Samples are numbered like sampling_locations' (b, q, h, l, p) entries. index_t is 32-bit when the
+// sample count allows: 64-bit division is a long software sequence per thread.
+template <typename index_t>
 struct SampleIndex {
-  int64_t b;
+  index_t b;
   int h;
   int l;
-  int64_t row;  // (b*Q + q)*H + h, as in GroupIndex
-  int64_t entry;  // row*L*P + l*P + p: the sample's attention_weights entry
+  index_t row;    // (b*Q + q)*H + h, as in GroupIndex
+  index_t entry;  // row*L*P + l*P + p: the sample's attention_weights entry
 };
 
-__device__ __forceinline__ SampleIndex sample_index(int64_t sample, const Sizes& sizes) {
-  const int64_t LP = sizes.num_levels * sizes.num_points;
-  SampleIndex s;
+template <typename index_t>
+__device__ __forceinline__ SampleIndex<index_t> sample_index(index_t sample, const Sizes& sizes) {
+  const index_t LP = static_cast<index_t>(sizes.num_levels * sizes.num_points);
+  SampleIndex<index_t> s;
   s.entry = sample;
   s.row = sample / LP;
-  s.l = static_cast<int>((sample % LP) / sizes.num_points);
-  s.h = static_cast<int>(s.row % sizes.num_heads);
-  s.b = s.row / (sizes.num_queries * sizes.num_heads);
+  s.l = static_cast<int>((sample - s.row * LP) / static_cast<index_t>(sizes.num_points));
+  const index_t bq = s.row / static_cast<index_t>(sizes.num_heads);
+  s.h = static_cast<int>(s.row - bq * static_cast<index_t>(sizes.num_heads));
+  s.b = bq / static_cast<index_t>(sizes.num_queries);
   return s;
 }
 
-// grad_value row (b, pixel, head) of corner k of a sample on level l.
-__device__ __forceinline__ int64_t corner_row(const SampleIndex& si, int x0, int y0, int k, int width,
-                                              const Sizes& sizes, const LevelShapes& levels) {
+// Element offset of grad_value row (b, pixel, head) of corner k of a sample on level l.
+template <typename index_t>
+__device__ __forceinline__ int64_t corner_offset(const SampleIndex<index_t>& si, int x0, int y0, int k, int width,
+                                                 const Sizes& sizes, const LevelShapes& levels) {
   const int64_t pixel = levels.start[si.l] + static_cast<int64_t>(y0 + k / 2) * width + x0 + k % 2;
-  return (si.b * sizes.num_value + pixel) * sizes.num_heads + si.h;
+  return ((static_cast<int64_t>(si.b) * sizes.num_value + pixel) * sizes.num_heads + si.h) * sizes.head_dim;
 }
 
-template <typename acc_t, typename coord_t>
+template <typename acc_t, typename coord_t, typename index_t, int V>
 __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
     mark_touched_rows_kernel(const coord_t* __restrict__ sampling_locations, int32_t* __restrict__ touched_rows,
                              acc_t* __restrict__ grad_value_accum, const Sizes sizes, const LevelShapes levels,
-                             int64_t num_samples) {
-  const int64_t sample = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (sample >= num_samples) return;
-  const SampleIndex si = sample_index(sample, sizes);
+                             const GroupLayout layout) {
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t group = thread >> layout.lanes_log2;
+  const int c0 = static_cast<int>(thread & ((1 << layout.lanes_log2) - 1)) * V;
+  if (group >= layout.num_groups || c0 >= sizes.head_dim) return;
+  const SampleIndex<index_t> si = sample_index(static_cast<index_t>(group), sizes);
   const int height = levels.height[si.l], width = levels.width[si.l];
-  const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * sample);
+  const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * si.entry);
   const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(xy.v[0]), to_acc<acc_t>(xy.v[1]), height, width);
-  const int D = static_cast<int>(sizes.head_dim);
+  Vec<acc_t, V> zeros;
+#pragma unroll
+  for (int i = 0; i < V; ++i) zeros.v[i] = acc_t(0);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     if (!s.valid[k]) continue;
-    const int64_t row = corner_row(si, s.x0, s.y0, k, width, sizes, levels);
-    if (atomicAdd(touched_rows + row, 1) != 0) continue;
-    acc_t* dst = grad_value_accum + row * D;
-    if constexpr (std::is_same_v<acc_t, float>) {
-      if (D % 4 == 0) {  // the workspace is 16-byte aligned
-        for (int c = 0; c < D; c += 4) *reinterpret_cast<float4*>(dst + c) = make_float4(0.f, 0.f, 0.f, 0.f);
-        continue;
-      }
-    }
-    for (int c = 0; c < D; ++c) dst[c] = acc_t(0);
+    const int64_t offset = corner_offset(si, s.x0, s.y0, k, width, sizes, levels);
+    *reinterpret_cast<Vec<acc_t, V>*>(grad_value_accum + offset + c0) = zeros;
+    if (c0 == 0) touched_rows[offset / sizes.head_dim] = 1;
   }
 }
 
 // One group of lanes per sample: the backward has no per-(b, q, h) sum (grad_loc and grad_attn
 // are per sample, grad_value goes through atomics), so splitting the L*P samples over groups gives
 // the Q=900 decoder 20x the threads a per-query loop would have, to hide the gathers' latency.
-template <typename scalar_t, typename coord_t, int V>
+template <typename scalar_t, typename coord_t, typename index_t, int V>
 __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
     backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ value,
                     const coord_t* __restrict__ sampling_locations,
@@ -289,7 +292,7 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
   const bool group_ok = group < layout.num_groups;
   const bool lane_ok = group_ok && c0 < D;
 
-  const SampleIndex si = sample_index(group_ok ? group : 0, sizes);
+  const SampleIndex<index_t> si = sample_index(static_cast<index_t>(group_ok ? group : 0), sizes);
   const int height = levels.height[si.l], width = levels.width[si.l];
   const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * si.entry);
   const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(xy.v[0]), to_acc<acc_t>(xy.v[1]), height, width);
@@ -297,13 +300,13 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
   acc_t grad_a = 0, grad_fx = 0, grad_fy = 0;
   if (lane_ok && s.inside) {
     acc_t grad_out[V];
-    load_acc<scalar_t, V>(grad_output + si.row * D + c0, grad_out);
+    load_acc<scalar_t, V>(grad_output + static_cast<int64_t>(si.row) * D + c0, grad_out);
     const acc_t corner_weight[4] = {(1 - s.fx) * (1 - s.fy), s.fx * (1 - s.fy), (1 - s.fx) * s.fy, s.fx * s.fy};
     acc_t v[4][V];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (s.valid[k]) {
-        const int64_t offset = corner_row(si, s.x0, s.y0, k, width, sizes, levels) * D + c0;
+        const int64_t offset = corner_offset(si, s.x0, s.y0, k, width, sizes, levels) + c0;
         load_acc<scalar_t, V>(value + offset, v[k]);
         acc_t gv[V];
 #pragma unroll
@@ -865,31 +868,37 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
         return finalize_grad_value<scalar_t, acc_t>(args, nullptr, stream);
       }
     }
-    const int64_t samples = layout.num_groups * sz.num_levels * sz.num_points;
-    const size_t row_bytes = static_cast<size_t>(sz.batch * sz.num_value * sz.num_heads) * sizeof(int32_t);
-    int status = static_cast<int>(cudaMemsetAsync(args.touched_rows, 0, row_bytes, stream));
+    GroupLayout per_sample = layout;
+    per_sample.num_groups = layout.num_groups * sz.num_levels * sz.num_points;
+    const bool sparse = args.grad_value != args.grad_value_accum;
+    int status = sparse ? static_cast<int>(cudaMemsetAsync(
+                              args.touched_rows, 0, static_cast<size_t>(sz.batch * sz.num_value * sz.num_heads) * 4, stream))
+                        : static_cast<int>(cudaMemsetAsync(args.grad_value_accum, 0, accum_bytes, stream));
     if (status != cudaSuccess) return status;
-    if (samples > 0) {
-      mark_touched_rows_kernel<acc_t, coord_t><<<blocks_for(samples, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
-          static_cast<const coord_t*>(args.sampling_locations), args.touched_rows,
-          static_cast<acc_t*>(args.grad_value_accum), sz, args.levels, samples);
-      status = static_cast<int>(cudaGetLastError());
-      if (status != cudaSuccess) return status;
-      GroupLayout per_sample = layout;
-      per_sample.num_groups = samples;
-      status = dispatch_width<scalar_t>(V, [&](auto width) {
-        constexpr int kV = decltype(width)::value;
-        backward_kernel<scalar_t, coord_t, kV>
-            <<<num_blocks(per_sample, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
+    if (per_sample.num_groups > 0) status = dispatch_width<scalar_t>(V, [&](auto width) {
+      constexpr int kV = decltype(width)::value;
+      auto launch = [&](auto index_tag) {
+        using index_t = typename decltype(index_tag)::type;
+        const unsigned int blocks = num_blocks(per_sample, kBackwardThreadsPerBlock);
+        if (sparse) {
+          mark_touched_rows_kernel<acc_t, coord_t, index_t, kV><<<blocks, kBackwardThreadsPerBlock, 0, stream>>>(
+              static_cast<const coord_t*>(args.sampling_locations), args.touched_rows,
+              static_cast<acc_t*>(args.grad_value_accum), sz, args.levels, per_sample);
+          const cudaError_t marked = cudaGetLastError();
+          if (marked != cudaSuccess) return static_cast<int>(marked);
+        }
+        backward_kernel<scalar_t, coord_t, index_t, kV><<<blocks, kBackwardThreadsPerBlock, 0, stream>>>(
             static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
             static_cast<const coord_t*>(args.sampling_locations),
             static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),
             static_cast<coord_t*>(args.grad_sampling_locations),
             static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, per_sample);
         return static_cast<int>(cudaGetLastError());
-      });
-      if (status != cudaSuccess) return status;
-    }
+      };
+      // 2 * sample + 1 (the grad_loc entry) must fit the index type.
+      return per_sample.num_groups <= INT32_MAX ? launch(Tag<uint32_t>{}) : launch(Tag<int64_t>{});
+    });
+    if (status != cudaSuccess || !sparse) return status;
     return finalize_grad_value<scalar_t, acc_t>(args, args.touched_rows, stream);
   });
 }

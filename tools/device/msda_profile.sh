@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# On the GPU machine: Nsight Compute profile of one MSDA backward call (encoder 768x1152, fp16 value,
-# fp32 locations; the inputs of tools/bench_msda.py) for the op library at $1 (default: build the
-# op into build-device). Prints ncu's speed-of-light, occupancy, warp-state and source-counter
-# sections. ncu runs with --clock-control none (leave the clocks alone: METHOD.md).
+# On the GPU machine: where one MSDA backward call spends its time, for the inputs of
+# tools/bench_msda.py. CASE=encoder|decoder (default encoder: 768x1152), DTYPE=half|float (value;
+# locations fp32). First the per-kernel CUDA times of 20 calls (torch.profiler), then Nsight
+# Compute's speed-of-light, occupancy, warp-state and memory sections for the kernels matching
+# KERNELS (a regex, default backward_kernel) of one call, with --clock-control none (leave the
+# clocks alone: METHOD.md). $1: the op library (default: build the op into build-device).
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 LIB=${1:-}
@@ -11,20 +13,40 @@ if [ -z "$LIB" ]; then
     -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
   LIB=$PWD/build-device/csrc/libcodetr_ops.so
 fi
-cat > /tmp/msda_one_backward.py <<'PY'
+export CASE=${CASE:-encoder} DTYPE=${DTYPE:-half}
+cat > /tmp/msda_backward_calls.py <<'PY'
+import os
+import sys
+
 import torch
 
 from codetr import _C  # noqa: F401  (registers the ops)
 from bench_msda import ENCODER_768, make_inputs
-value, loc, attn = make_inputs(ENCODER_768, sum(h * w for h, w in ENCODER_768), True)
-value, loc, attn = value.half(), loc.float(), attn.float()
-grad_out = torch.randn(1, loc.shape[1], 256, device="cuda", dtype=torch.half)
+encoder = os.environ["CASE"] == "encoder"
+Q = sum(h * w for h, w in ENCODER_768) if encoder else 900
+value, loc, attn = make_inputs(ENCODER_768, Q, encoder)
+value, loc, attn = value.to(getattr(torch, os.environ["DTYPE"])), loc.float(), attn.float()
+grad_out = torch.randn(1, Q, 256, device="cuda", dtype=value.dtype)
 flat = [v for hw in ENCODER_768 for v in hw]
+call = lambda: torch.ops.codetr.ms_deform_attn_backward(grad_out, value, flat, loc, attn)  # noqa: E731
 for _ in range(3):
-    torch.ops.codetr.ms_deform_attn_backward(grad_out, value, flat, loc, attn)
+    call()
 torch.cuda.synchronize()
+if sys.argv[1:] == ["profile"]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            call()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+else:  # the call ncu profiles: SKIP = 3 x the matching kernels of one call
+    call()
+    torch.cuda.synchronize()
 PY
-CODETR_OPS_LIBRARY=$LIB PYTHONPATH=$PYTHONPATH:$PWD/tools ncu --clock-control none -k regex:backward_kernel \
-  --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
-  --section WarpStateStats --section SourceCounters --section MemoryWorkloadAnalysis \
-  python3 /tmp/msda_one_backward.py 2>&1 | tee "$OUT/ncu.txt" | grep -v "^==PROF==" | tail -150
+echo "== $CASE $DTYPE: kernels of 20 backward calls"
+CODETR_OPS_LIBRARY=$LIB PYTHONPATH=$PYTHONPATH:$PWD/tools python3 /tmp/msda_backward_calls.py profile 2>&1 \
+  | tee "$OUT/kernels_${CASE}_${DTYPE}.txt"
+echo "== $CASE $DTYPE: ncu"
+CODETR_OPS_LIBRARY=$LIB PYTHONPATH=$PYTHONPATH:$PWD/tools ncu --clock-control none -k "regex:${KERNELS:-backward_kernel}" \
+  --launch-skip "${SKIP:-3}" --launch-count "${COUNT:-1}" --section SpeedOfLight --section Occupancy --section LaunchStats \
+  --section WarpStateStats --section MemoryWorkloadAnalysis \
+  python3 /tmp/msda_backward_calls.py 2>&1 | tee "$OUT/ncu_${CASE}_${DTYPE}.txt" | grep -v "^==PROF==" | tail -${NCU_LINES:-150}
