@@ -319,10 +319,10 @@ def test_backward_cuda_queries_as_many_as_pixels_but_random():
 @pytest.mark.parametrize("dtype,coord_dtype", CUDA_DTYPES, ids=str)
 @pytest.mark.parametrize("D", [32, 7])
 def test_backward_cuda_few_queries_leaves_untouched_rows_zero(dtype, coord_dtype, D):
-    """Few queries on large maps (the decoder's case): the general backward zeroes, accumulates and
-    reads back only the grad_value rows some corner reaches. Its buffers come uninitialised from the
-    caching allocator, here first filled with NaN: every row no corner reaches must be exactly 0,
-    the others must match the reference, and running the call again must give the same result."""
+    """Few queries on large maps (the decoder's case): the op allocates grad_value and its fp32
+    accumulator uninitialised and fills them itself. With the caching allocator first filled with
+    NaN, every row no corner reaches must be exactly 0, the others must match the reference, and
+    running the call again must give the same result."""
     levels = [(64, 96), (32, 48), (16, 24)]
     S = sum(h * w for h, w in levels)
     # Freed at once: NaN-filled blocks in the allocator's large (> 1 MiB) and small pools.

@@ -28,15 +28,8 @@ template <typename acc_t>
 CODETR_HOST_DEVICE BilinearSample<acc_t> make_bilinear_sample(acc_t loc_x, acc_t loc_y, int height,
                                                                int width) {
   BilinearSample<acc_t> s;
-#if defined(__CUDA_ARCH__)
-  // An explicit fma (one rounding): the CUDA backward locates each sample in two kernels, which
-  // must agree on its corners whatever contraction the compiler would pick in each.
-  const acc_t x = fma(loc_x, static_cast<acc_t>(width), static_cast<acc_t>(-0.5));
-  const acc_t y = fma(loc_y, static_cast<acc_t>(height), static_cast<acc_t>(-0.5));
-#else
   const acc_t x = loc_x * static_cast<acc_t>(width) - static_cast<acc_t>(0.5);
   const acc_t y = loc_y * static_cast<acc_t>(height) - static_cast<acc_t>(0.5);
-#endif
   // Written so that NaN coordinates land outside too.
   s.inside = x > static_cast<acc_t>(-1) && y > static_cast<acc_t>(-1) &&
              x < static_cast<acc_t>(width) && y < static_cast<acc_t>(height);

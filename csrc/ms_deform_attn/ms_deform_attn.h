@@ -73,9 +73,8 @@ enum class DType { kFloat32, kFloat16, kBFloat16, kFloat64 };
 // attention_weights and their gradients (value_dtype or kFloat32).
 // Backward: grad_value (value's dtype) is written in full. It is accumulated with atomics in
 // grad_value_accum, a 16-byte aligned workspace of B*S*H*D elements of float32 (float64 for
-// float64 values) that may be grad_value itself when value is float32/float64; when it is not,
-// touched_rows, a workspace of B*S*H int32, flags the (b, pixel, head) rows some corner reaches.
-// Neither workspace needs initialising.
+// float64 values) that needs no initialising and may be grad_value itself when value is
+// float32/float64.
 struct CudaArgs {
   DType value_dtype = DType::kFloat32;
   DType coord_dtype = DType::kFloat32;
@@ -86,7 +85,6 @@ struct CudaArgs {
   void* output = nullptr;              // forward only
   void* grad_value = nullptr;          // backward only
   void* grad_value_accum = nullptr;    // backward only (workspace, see above)
-  int32_t* touched_rows = nullptr;     // backward only (workspace, see above)
   void* grad_sampling_locations = nullptr;
   void* grad_attention_weights = nullptr;
   Sizes sizes;

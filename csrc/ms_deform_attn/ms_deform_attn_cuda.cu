@@ -200,16 +200,12 @@ __device__ __forceinline__ acc_t group_sum(acc_t x, int lanes) {
 
 // ---- general backward: one group of lanes per sample ------------------------------------------
 //
-// backward_kernel adds every corner into an fp32 accumulator with atomics. For fp32/fp64 values
-// the accumulator is grad_value itself, zero-filled first. For fp16/bf16 it is a workspace that
-// would need zero-filling and a cast back, ~60 us for the 768x1152 value on an H100, while the
-// Q=900 decoder reaches only ~1/3 of its rows (b, pixel, head). So for them, three passes:
-//   mark_touched_rows_kernel    flags the rows some corner reaches and zeroes them (plain stores:
-//                               every corner's group zeroes its rows, no atomics and no ordering);
-//   backward_kernel             grad_loc, grad_attn, and the atomics into the flagged rows;
-//   finalize_grad_value_kernel  grad_value = flagged ? cast(accumulator) : 0.
-// Both of the first two kernels locate a sample with make_bilinear_sample on the same inputs, so
-// they agree on its corners.
+// Every corner goes into a zero-filled fp32 accumulator with its own atomics (grad_value itself for
+// fp32/fp64 values; a workspace cast back by cast_grad_value_kernel for fp16/bf16).
+// Tried and dropped (H100, 2026-11-24, decoder Q=900 at 768x1152): zeroing and casting only the
+// ~1/3 of the accumulator rows the decoder reaches. Flagging those rows takes one more pass over
+// the 576 K corners, and a pass over the corners costs about as much as the whole-buffer zero-fill
+// it saves (36 us for the flagging pass vs 23 us for the memset; fp16 backward 114 vs ~102 us).
 
 // Samples are numbered like sampling_locations' (b, q, h, l, p) entries. index_t is 32-bit when the
 // sample count allows: 64-bit division is a long software sequence per thread.
@@ -241,31 +237,6 @@ __device__ __forceinline__ int64_t corner_offset(const SampleIndex<index_t>& si,
                                                  const Sizes& sizes, const LevelShapes& levels) {
   const int64_t pixel = levels.start[si.l] + static_cast<int64_t>(y0 + k / 2) * width + x0 + k % 2;
   return ((static_cast<int64_t>(si.b) * sizes.num_value + pixel) * sizes.num_heads + si.h) * sizes.head_dim;
-}
-
-template <typename acc_t, typename coord_t, typename index_t, int V>
-__global__ void __launch_bounds__(kBackwardThreadsPerBlock)
-    mark_touched_rows_kernel(const coord_t* __restrict__ sampling_locations, int32_t* __restrict__ touched_rows,
-                             acc_t* __restrict__ grad_value_accum, const Sizes sizes, const LevelShapes levels,
-                             const GroupLayout layout) {
-  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t group = thread >> layout.lanes_log2;
-  const int c0 = static_cast<int>(thread & ((1 << layout.lanes_log2) - 1)) * V;
-  if (group >= layout.num_groups || c0 >= sizes.head_dim) return;
-  const SampleIndex<index_t> si = sample_index(static_cast<index_t>(group), sizes);
-  const int height = levels.height[si.l], width = levels.width[si.l];
-  const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * si.entry);
-  const auto s = make_bilinear_sample<acc_t>(to_acc<acc_t>(xy.v[0]), to_acc<acc_t>(xy.v[1]), height, width);
-  Vec<acc_t, V> zeros;
-#pragma unroll
-  for (int i = 0; i < V; ++i) zeros.v[i] = acc_t(0);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    if (!s.valid[k]) continue;
-    const int64_t offset = corner_offset(si, s.x0, s.y0, k, width, sizes, levels);
-    *reinterpret_cast<Vec<acc_t, V>*>(grad_value_accum + offset + c0) = zeros;
-    if (c0 == 0) touched_rows[offset / sizes.head_dim] = 1;
-  }
 }
 
 // One group of lanes per sample: the backward has no per-(b, q, h) sum (grad_loc and grad_attn
@@ -337,26 +308,17 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
   }
 }
 
-// grad_value from the accumulator, C elements per thread (C divides D, so a chunk is in one row).
-// touched_rows == nullptr: every row was accumulated (the encoder kernel's dense accumulator).
-// In place (grad_value is the accumulator): only the untouched rows are written (zeros).
+// grad_value = the fp32 accumulator cast to value's dtype, C elements per thread.
 template <typename scalar_t, typename acc_t, int C>
 __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
-    finalize_grad_value_kernel(const acc_t* __restrict__ grad_value_accum, const int32_t* __restrict__ touched_rows,
-                               scalar_t* grad_value, int64_t num_chunks, int chunks_per_row, bool in_place) {
+    cast_grad_value_kernel(const acc_t* __restrict__ grad_value_accum, scalar_t* __restrict__ grad_value,
+                           int64_t num_chunks) {
   const int64_t chunk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (chunk >= num_chunks) return;
-  const bool touched = touched_rows == nullptr || touched_rows[chunk / chunks_per_row] != 0;
-  if (in_place && touched) return;
+  const Vec<acc_t, C> in = reinterpret_cast<const Vec<acc_t, C>*>(grad_value_accum)[chunk];
   Vec<scalar_t, C> out;
-  if (touched) {
-    const Vec<acc_t, C> in = reinterpret_cast<const Vec<acc_t, C>*>(grad_value_accum)[chunk];
 #pragma unroll
-    for (int i = 0; i < C; ++i) out.v[i] = from_acc<scalar_t>(in.v[i]);
-  } else {
-#pragma unroll
-    for (int i = 0; i < C; ++i) out.v[i] = from_acc<scalar_t>(acc_t(0));
-  }
+  for (int i = 0; i < C; ++i) out.v[i] = from_acc<scalar_t>(in.v[i]);
   reinterpret_cast<Vec<scalar_t, C>*>(grad_value)[chunk] = out;
 }
 
@@ -808,21 +770,19 @@ bool plan_encoder_backward(const CudaArgs& args, int* V, EncoderLayout* layout) 
 
 namespace {
 
-// grad_value = cast(accumulator), or zeros where touched_rows says no corner arrived.
 template <typename scalar_t, typename acc_t>
-int finalize_grad_value(const CudaArgs& args, const int32_t* touched_rows, CudaStream stream) {
+int cast_grad_value(const CudaArgs& args, CudaStream stream) {
+  if (args.grad_value == args.grad_value_accum) return static_cast<int>(cudaSuccess);
   const Sizes& sz = args.sizes;
-  const bool in_place = args.grad_value == args.grad_value_accum;
-  if (in_place && touched_rows == nullptr) return static_cast<int>(cudaSuccess);
   const int64_t elements = sz.batch * sz.num_value * sz.num_heads * sz.head_dim;
   auto launch = [&](auto chunk) {
     constexpr int kC = decltype(chunk)::value;
-    finalize_grad_value_kernel<scalar_t, acc_t, kC><<<blocks_for(elements / kC, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
-        static_cast<const acc_t*>(args.grad_value_accum), touched_rows, static_cast<scalar_t*>(args.grad_value),
-        elements / kC, static_cast<int>(sz.head_dim / kC), in_place);
+    cast_grad_value_kernel<scalar_t, acc_t, kC><<<blocks_for(elements / kC, kBackwardThreadsPerBlock),
+                                                   kBackwardThreadsPerBlock, 0, stream>>>(
+        static_cast<const acc_t*>(args.grad_value_accum), static_cast<scalar_t*>(args.grad_value), elements / kC);
     return static_cast<int>(cudaGetLastError());
   };
-  return sz.head_dim % 4 == 0 ? launch(Width<4>{}) : launch(Width<1>{});
+  return elements % 4 == 0 ? launch(Width<4>{}) : launch(Width<1>{});
 }
 
 }  // namespace
@@ -836,7 +796,7 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
   if (!plan(args, {args.value, args.grad_output}, 8, &V, &layout)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  if (sz.head_dim == 0 || accum_bytes == 0) return static_cast<int>(cudaSuccess);
+  if (accum_bytes == 0) return static_cast<int>(cudaSuccess);
   int encoder_V = 0;
   EncoderLayout encoder{};
   const bool use_encoder_kernel = plan_encoder_backward(args, &encoder_V, &encoder);
@@ -844,11 +804,10 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
     using scalar_t = typename decltype(scalar_tag)::type;
     using coord_t = typename decltype(coord_tag)::type;
     using acc_t = acc_type_t<scalar_t>;
+    int status = static_cast<int>(cudaMemsetAsync(args.grad_value_accum, 0, accum_bytes, stream));
+    if (status != cudaSuccess) return status;
     if constexpr (std::is_same_v<acc_t, float>) {
       if (use_encoder_kernel) {
-        // The encoder's queries reach nearly every row: a dense zero-filled accumulator.
-        int status = static_cast<int>(cudaMemsetAsync(args.grad_value_accum, 0, accum_bytes, stream));
-        if (status != cudaSuccess) return status;
         status = dispatch_width<scalar_t>(encoder_V, [&](auto width) {
           constexpr int kV = decltype(width)::value;
           const int Qb = encoder.queries_per_block;
@@ -864,42 +823,30 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
               static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, encoder);
           return static_cast<int>(cudaGetLastError());
         });
-        if (status != cudaSuccess) return status;
-        return finalize_grad_value<scalar_t, acc_t>(args, nullptr, stream);
+        return status != cudaSuccess ? status : cast_grad_value<scalar_t, acc_t>(args, stream);
       }
     }
     GroupLayout per_sample = layout;
     per_sample.num_groups = layout.num_groups * sz.num_levels * sz.num_points;
-    const bool sparse = args.grad_value != args.grad_value_accum;
-    int status = sparse ? static_cast<int>(cudaMemsetAsync(
-                              args.touched_rows, 0, static_cast<size_t>(sz.batch * sz.num_value * sz.num_heads) * 4, stream))
-                        : static_cast<int>(cudaMemsetAsync(args.grad_value_accum, 0, accum_bytes, stream));
-    if (status != cudaSuccess) return status;
-    if (per_sample.num_groups > 0) status = dispatch_width<scalar_t>(V, [&](auto width) {
-      constexpr int kV = decltype(width)::value;
-      auto launch = [&](auto index_tag) {
-        using index_t = typename decltype(index_tag)::type;
-        const unsigned int blocks = num_blocks(per_sample, kBackwardThreadsPerBlock);
-        if (sparse) {
-          mark_touched_rows_kernel<acc_t, coord_t, index_t, kV><<<blocks, kBackwardThreadsPerBlock, 0, stream>>>(
-              static_cast<const coord_t*>(args.sampling_locations), args.touched_rows,
-              static_cast<acc_t*>(args.grad_value_accum), sz, args.levels, per_sample);
-          const cudaError_t marked = cudaGetLastError();
-          if (marked != cudaSuccess) return static_cast<int>(marked);
-        }
-        backward_kernel<scalar_t, coord_t, index_t, kV><<<blocks, kBackwardThreadsPerBlock, 0, stream>>>(
-            static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
-            static_cast<const coord_t*>(args.sampling_locations),
-            static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),
-            static_cast<coord_t*>(args.grad_sampling_locations),
-            static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, per_sample);
-        return static_cast<int>(cudaGetLastError());
-      };
-      // 2 * sample + 1 (the grad_loc entry) must fit the index type.
-      return per_sample.num_groups <= INT32_MAX ? launch(Tag<uint32_t>{}) : launch(Tag<int64_t>{});
-    });
-    if (status != cudaSuccess || !sparse) return status;
-    return finalize_grad_value<scalar_t, acc_t>(args, args.touched_rows, stream);
+    if (per_sample.num_groups > 0) {
+      status = dispatch_width<scalar_t>(V, [&](auto width) {
+        constexpr int kV = decltype(width)::value;
+        auto launch = [&](auto index_tag) {
+          using index_t = typename decltype(index_tag)::type;
+          backward_kernel<scalar_t, coord_t, index_t, kV>
+              <<<num_blocks(per_sample, kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0, stream>>>(
+              static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
+              static_cast<const coord_t*>(args.sampling_locations),
+              static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),
+              static_cast<coord_t*>(args.grad_sampling_locations),
+              static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, per_sample);
+          return static_cast<int>(cudaGetLastError());
+        };
+        // 2 * sample + 1 (the grad_loc entry) must fit the index type.
+        return per_sample.num_groups <= INT32_MAX ? launch(Tag<uint32_t>{}) : launch(Tag<int64_t>{});
+      });
+    }
+    return status != cudaSuccess ? status : cast_grad_value<scalar_t, acc_t>(args, stream);
   });
 }
 

@@ -101,8 +101,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   auto grad_value = at::empty_like(v);
   const bool accumulate_in_place = value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble;
   auto grad_value_accum = accumulate_in_place ? grad_value : at::empty(v.sizes(), v.options().dtype(at::kFloat));
-  auto touched_rows = at::empty({problem.sizes.batch * problem.sizes.num_value * problem.sizes.num_heads},
-                                v.options().dtype(at::kInt));
   // Every (b, q, h, l, p) entry is written by the kernel.
   auto grad_loc = at::empty_like(loc);
   auto grad_attn = at::empty_like(attn);
@@ -111,7 +109,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     args.grad_output = grad_out.data_ptr();
     args.grad_value = grad_value.data_ptr();
     args.grad_value_accum = grad_value_accum.data_ptr();
-    args.touched_rows = touched_rows.data_ptr<int32_t>();
     args.grad_sampling_locations = grad_loc.data_ptr();
     args.grad_attention_weights = grad_attn.data_ptr();
     C10_CUDA_CHECK(static_cast<cudaError_t>(
