@@ -1,6 +1,8 @@
 #include "codetr/detector.h"
 
+#include <array>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <mutex>
 #include <sstream>
@@ -10,6 +12,7 @@
 #include <torch/version.h>
 
 #include "codetr/error.h"
+#include "postprocess_host.h"
 
 #ifdef CODETR_RUNTIME_CUDA
 #include <ATen/cuda/CUDAEvent.h>
@@ -70,6 +73,29 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Engine outputs (boxes, scores, labels) as contiguous host tensors of fp32, fp32, int64. From a
+// CUDA engine the first two are copied asynchronously into pinned memory and the last one
+// synchronously on the same (current) stream, so the host waits for the device once, not three
+// times.
+struct HostOutputs {
+  torch::Tensor boxes, scores, labels;
+};
+
+HostOutputs outputs_on_host(const std::vector<torch::Tensor>& outputs) {
+  std::array<torch::Tensor, 3> host;
+  for (size_t i = 0; i < host.size(); ++i) {
+    const torch::Tensor& out = outputs[i];
+    if (out.is_cpu()) {
+      host[i] = out;
+      continue;
+    }
+    host[i] = torch::empty(out.sizes(), out.options().device(torch::kCPU).pinned_memory(true));
+    host[i].copy_(out, /*non_blocking=*/i + 1 < host.size());
+  }
+  return HostOutputs{host[0].to(torch::kFloat).contiguous(), host[1].to(torch::kFloat).contiguous(),
+                     host[2].to(torch::kLong).contiguous()};
+}
+
 }  // namespace
 
 void validate_engine_inputs(const std::vector<torch::Tensor>& inputs, const std::vector<TensorSpec>& specs,
@@ -97,7 +123,11 @@ void validate_engine_outputs(const std::vector<torch::Tensor>& outputs, const st
 void check_finite_outputs(const torch::Tensor& boxes, const torch::Tensor& scores, const std::string& dtype) {
   const std::pair<const char*, const torch::Tensor*> outputs[] = {{"boxes", &boxes}, {"scores", &scores}};
   for (const auto& [name, tensor] : outputs) {
-    const int64_t bad = tensor->numel() - torch::isfinite(*tensor).sum().item<int64_t>();
+    // A no-op conversion for detect()'s host fp32 copies; float16/bfloat16 NaN/inf stay NaN/inf.
+    const torch::Tensor host = tensor->to(torch::kCPU, torch::kFloat).contiguous();
+    const float* values = host.data_ptr<float>();
+    int64_t bad = 0;
+    for (int64_t i = 0; i < host.numel(); ++i) bad += !std::isfinite(values[i]);
     if (bad == 0) continue;
     // The same advice as codetr.precision.nonfinite_message (Python).
     std::string msg = std::string("engine output '") + name + "' has " + std::to_string(bad) +
@@ -328,13 +358,15 @@ std::vector<std::vector<Detection>> Detector::detect(const std::vector<ImageView
     if (times) times->engine_ms += ms_since(t0);
 
     t0 = std::chrono::steady_clock::now();
-    const torch::Tensor boxes = outputs[0].to(torch::kCPU, torch::kFloat);
-    const torch::Tensor scores = outputs[1].to(torch::kCPU, torch::kFloat);
-    const torch::Tensor labels = outputs[2].to(torch::kCPU, torch::kLong);
+    const HostOutputs host = outputs_on_host(outputs);
     // NaN/inf (a float16 overflow) would pass NMS and top-k silently: refuse them.
-    check_finite_outputs(boxes, scores, m.config.dtype);
+    check_finite_outputs(host.boxes, host.scores, m.config.dtype);
+    const int64_t queries = host.scores.size(1);
     for (size_t i = 0; i < count; ++i)
-      results.push_back(postprocess(boxes[i], scores[i], labels[i], batch.metas[i], m.post));
+      results.push_back(detail::postprocess_host(host.boxes.data_ptr<float>() + i * queries * 4,
+                                                 host.scores.data_ptr<float>() + i * queries,
+                                                 host.labels.data_ptr<int64_t>() + i * queries, queries,
+                                                 batch.metas[i], m.post));
     if (times) times->postprocess_ms += ms_since(t0);
   }
   return results;

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On the GPU machine (device tool): build the op library, the C++ runtime and its GoogleTests
+# against the machine's torch and run ctest, the CUDA ones included (fused preprocessing kernel vs
+# the CPU path: PreprocessCuda.*). The machine has no GoogleTest and cannot fetch one: carry .deps
+# with nlohmann/json.hpp (.deps/include) and the GoogleTest sources (.deps/googletest, e.g. a copy
+# of /usr/src/googletest), which are built here first. Logs go to $OUT.
+# Usage: tools/device/runtime.sh
+set -uo pipefail
+source "$(dirname "$0")/env.sh"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+echo "== googletest"
+GTEST_PREFIX=/tmp/gtest
+{ cmake -S .deps/googletest -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF -DCMAKE_INSTALL_LIBDIR=lib \
+    -DCMAKE_INSTALL_PREFIX=$GTEST_PREFIX && cmake --build /tmp/gtest-build && cmake --install /tmp/gtest-build; } \
+  > "$OUT/gtest.log" 2>&1 || { tail -20 "$OUT/gtest.log"; exit 1; }
+
+echo "== build $(date +%T)"
+CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=ON -DCODETR_BUILD_TESTS=ON \
+  -DGTest_DIR=$GTEST_PREFIX/lib/cmake/GTest -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include \
+  > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+grep "codetr:" "$OUT/build.log"
+
+echo "== ctest $(date +%T)"
+ctest --test-dir build-device --output-on-failure > "$OUT/ctest.log" 2>&1
+rc=$?
+grep -E "Skipped|Failed|\*\*\*|tests passed|tests failed" "$OUT/ctest.log" | tail -40
+echo "== PreprocessCuda, verbose"
+build-device/cpp/tests/test_runtime --gtest_filter='PreprocessCuda.*' 2>&1 | tee "$OUT/preprocess_cuda.log" | tail -25
+exit $rc
