@@ -19,6 +19,9 @@ from codetr.precision import NonFiniteOutputError, check_finite_outputs
 from conftest import TINY_SWIN_WEIGHTS
 
 FP16_MAX = torch.finfo(torch.float16).max
+# Reduced precision runs window attention as fused SDPA on CUDA, as pre-scaled matmuls elsewhere.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA GPU"))]
 
 
 # --- the plain formulation (before the fix), everything in the input dtype --------------------
@@ -63,8 +66,10 @@ def _hot_attention(seed=0):
 
 
 @torch.no_grad()
-def test_window_attention_logits_do_not_overflow_float16():
+@pytest.mark.parametrize("device", DEVICES)
+def test_window_attention_logits_do_not_overflow_float16(device):
     m32, x = _hot_attention()
+    m32, x = m32.to(device), x.to(device)
     qkv = m32.qkv(x).reshape(6, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
     logits = (qkv[0] * m32.scale) @ qkv[1].transpose(-2, -1)
     assert logits.abs().max() > 4 * FP16_MAX  # the premise: float32 logits far beyond fp16
@@ -83,16 +88,18 @@ def test_window_attention_logits_do_not_overflow_float16():
 
 
 @torch.no_grad()
-def test_window_attention_with_shift_mask_float16_close_to_float32():
-    """Ordinary magnitudes, shifted windows: the fp32 bias/mask/softmax path equals float32 closely."""
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)], ids=str)
+def test_window_attention_with_shift_mask_reduced_precision_close_to_float32(device, dtype, tol):
+    """Ordinary magnitudes, shifted windows, batch 2: the fp32 bias/mask/softmax path equals float32 closely."""
     torch.manual_seed(1)
-    block = SwinBlock(embed_dims=32, num_heads=2, hidden=128, window=4, shift=True).eval()
-    x = torch.randn(2, 10 * 12, 32)
+    block = SwinBlock(embed_dims=32, num_heads=2, hidden=128, window=4, shift=True).eval().to(device)
+    x = torch.randn(2, 10 * 12, 32, device=device)
     attn32 = block.attn
     ref = attn32(x, (10, 12))
-    attn16 = copy.deepcopy(attn32).half()
-    out = attn16(x.half(), (10, 12))
-    assert out.dtype == torch.float16 and _rel(out, ref) < 5e-3
+    attn16 = copy.deepcopy(attn32).to(dtype)
+    out = attn16(x.to(dtype), (10, 12))
+    assert out.dtype == dtype and _rel(out, ref) < tol
 
 
 # --- the residual stream ----------------------------------------------------------------------

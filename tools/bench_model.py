@@ -106,6 +106,47 @@ def time_stages(model, inputs, warmup, iters):
     return result
 
 
+# Kernel name patterns, first match wins: where the GPU time of a compiled model goes, without
+# module boundaries (Inductor fuses across them).
+KERNEL_CATEGORIES = [
+    ("msda", ("ms_deform", "msda")),
+    ("attention (fused)", ("flash", "fmha", "attention", "efficient")),
+    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "matmul")),
+    ("convolution", ("conv", "implicit", "cudnn", "winograd")),
+    ("sort / top-k / scan", ("sort", "topk", "radix", "scan", "select")),
+    ("triton (fused pointwise / reduction)", ("triton",)),
+    ("memcpy / memset", ("memcpy", "memset")),
+]
+
+
+def profile_kernels(fn, inputs, calls=10, top=25):
+    """Per-call GPU time by kernel category and the `top` kernels (ms per call)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(calls):
+            fn(inputs[i % len(inputs)])
+        torch.cuda.synchronize()
+    per_kernel = {}
+    for event in prof.events():  # GPU activity only: CPU ranges would count their kernels twice
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.time_range.elapsed_us() / 1e3 / calls
+    kernels = list(per_kernel.items())
+    categories = {}
+    for name, ms in kernels:
+        lower = name.lower()
+        category = next((c for c, keys in KERNEL_CATEGORIES if any(k in lower for k in keys)), "other")
+        categories[category] = categories.get(category, 0.0) + ms
+    kernels.sort(key=lambda k: -k[1])
+    print(f"  GPU ms per call by category (sum {sum(categories.values()):.2f}):", flush=True)
+    for category, ms in sorted(categories.items(), key=lambda c: -c[1]):
+        print(f"    {ms:8.3f}  {category}")
+    print(f"  top {top} kernels (ms per call):")
+    for name, ms in kernels[:top]:
+        print(f"    {ms:8.3f}  {name[:110]}")
+    return {"categories_ms": {k: round(v, 3) for k, v in categories.items()},
+            "top_kernels_ms": [[name[:200], round(ms, 4)] for name, ms in kernels[:top]]}
+
+
 def count_flops(model, image):
     """FLOPs of one call: matmuls/convs from torch's FlopCounterMode plus the deformable
     sampling counted by hand (per sample: 4 corners x D multiply-adds + the weight, x2 FLOPs)."""
@@ -141,6 +182,8 @@ def main():
     parser.add_argument("--stages", action="store_true", help="per-stage breakdown (eager modes)")
     parser.add_argument("--flops", action="store_true")
     parser.add_argument("--precision", action="store_true", help="compare reduced precision with fp32")
+    parser.add_argument("--profile", action="store_true",
+                        help="GPU time per kernel category and the top kernels (torch.profiler, 10 calls)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
@@ -178,6 +221,8 @@ def main():
                     row.update(time_calls(fn, inputs, args.warmup, args.iters))
                     row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                     outputs[mode] = [t.clone() for t in fn(inputs[0])]
+                    if args.profile:
+                        row["profile"] = profile_kernels(fn, inputs)
                     if args.stages and kind == "eager":
                         row["stages_ms"] = {k: round(v, 3) for k, v in
                                             time_stages(model, inputs, args.warmup, args.iters).items()}
