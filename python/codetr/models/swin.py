@@ -12,10 +12,8 @@ in the model's dtype, but two things Swin-L is known to push past float16's 6550
   activations by orders of magnitude (the Swin V2 paper measures ~1e4 between layers); in fp16
   the running sum overflows to inf and the next LayerNorm turns the whole token into NaN.
   LayerNorms read it in fp32 and cast their output to the compute dtype;
-* window-attention logits: on CUDA one fused attention kernel (scaled_dot_product_attention)
-  keeps logits, relative-position bias, shift mask and softmax in fp32 registers; elsewhere
-  (CPU, ONNX export) q is pre-scaled by 2^-8 so the fp16 q.k^T fits up to ~1.7e7, then rescaled
-  in fp32, where bias, shift mask and softmax run (probabilities cast back for attn @ v).
+* window-attention logits: q is pre-scaled by 2^-8 so the fp16 q.k^T fits up to ~1.7e7, then
+  rescaled in fp32, where bias, shift mask and softmax run (probabilities cast back for attn @ v).
 Powers of two scale exactly, and every cast is a no-op in float32: fp32 results are bit-identical.
 """
 from __future__ import annotations
@@ -64,27 +62,11 @@ class WindowMSA(nn.Module):
         Bw, N, C = x.shape
         qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(N, N, -1).permute(2, 0, 1)  # (heads, N, N)
-        if x.dtype != torch.float32 and x.is_cuda:
-            # Reduced precision on CUDA: one fused attention kernel (PyTorch's memory-efficient
-            # SDPA) keeps the logits, the added bias/mask and the softmax in fp32 registers, and
-            # the (windows, heads, N, N) logits never go through memory.
-            bias = bias.to(x.dtype)
-            if mask is None:
-                attn_mask = bias.unsqueeze(0).expand(Bw, -1, -1, -1)
-            else:
-                nW = mask.shape[0]
-                attn_mask = (mask.to(x.dtype).unsqueeze(1) + bias).unsqueeze(0).expand(Bw // nW, -1, -1, -1, -1)
-                attn_mask = attn_mask.reshape(Bw, self.num_heads, N, N)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
-            return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
-        # mmdet's formulation, with the logits' matmul on a pre-scaled q (fp16 range, see
-        # LOGIT_PRESCALE) and fp32 for the rescale, bias, shift mask and softmax. Reduced precision
-        # off CUDA takes this path too: CPU runs and exports (ONNX has no fused attention op that
-        # would keep the logits in fp32).
+        # logits: matmul in the input dtype on a pre-scaled q (fp16 range, see LOGIT_PRESCALE),
+        # then fp32 for the rescale, bias, shift mask and softmax (one fused kernel when compiled)
         attn = ((q * (self.scale * LOGIT_PRESCALE)) @ k.transpose(-2, -1)).float() * (1.0 / LOGIT_PRESCALE)
-        attn = attn + bias.float().unsqueeze(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].float()
+        attn = attn + bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
             nW = mask.shape[0]
             attn = attn.view(-1, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
