@@ -6,7 +6,8 @@
 #   compile  torch.compile fp16, Swin-L and R50 @1152x768              (tools/bench_model.py)
 #   aoti     export fp16 CUDA AOTInductor packages (R50, Swin-L @1152x768) and time them with
 #            codetr-detect --benchmark (engine and end-to-end), with and without CUDA graphs
-# Carry .deps (nlohmann/json.hpp: the machine has none). Logs and JSON go to $OUT.
+# Carry .deps (nlohmann/json.hpp: the machine has none). AOTI_PRESETS: the presets `aoti` exports
+# (default R50 and Swin-L). Logs and JSON go to $OUT.
 # Usage: tools/device/bench_full.sh eager aoti
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
@@ -36,7 +37,7 @@ run_compile() {
     --json "$OUT/compile_r50.json" 2>&1 | tee "$OUT/compile_r50.log" | grep -v '^{'
 }
 run_aoti() {
-  for preset in co_dino_5scale_r50_8xb2_1x_coco co_dino_5scale_swin_l_16xb1_1x_coco; do
+  for preset in ${AOTI_PRESETS:-co_dino_5scale_r50_8xb2_1x_coco co_dino_5scale_swin_l_16xb1_1x_coco}; do
     dir=/tmp/engine_$preset
     echo "== export $preset $(date +%T)"
     python3 -m codetr export --preset "$preset" --device cuda --dtype float16 --height 768 --width 1152 \
