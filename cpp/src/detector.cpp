@@ -89,8 +89,13 @@ HostOutputs outputs_on_host(const std::vector<torch::Tensor>& outputs) {
       host[i] = out;
       continue;
     }
-    host[i] = torch::empty(out.sizes(), out.options().device(torch::kCPU).pinned_memory(true));
-    host[i].copy_(out, /*non_blocking=*/i + 1 < host.size());
+    try {
+      host[i] = torch::empty(out.sizes(), out.options().device(torch::kCPU).pinned_memory(true));
+      host[i].copy_(out, /*non_blocking=*/i + 1 < host.size());
+    } catch (const std::exception& e) {
+      // Also where an asynchronous engine failure surfaces.
+      throw Error("copying engine output " + std::to_string(i) + " to the host failed: " + message_of(e));
+    }
   }
   return HostOutputs{host[0].to(torch::kFloat).contiguous(), host[1].to(torch::kFloat).contiguous(),
                      host[2].to(torch::kLong).contiguous()};

@@ -177,7 +177,13 @@ PreprocessedBatch preprocess_with_cuda_kernel(const std::vector<ImageView>& imag
     image_offsets[i] = total_bytes;
     total_bytes += images[i].height * images[i].width * 3;
   }
-  torch::Tensor staging = torch::empty({total_bytes}, torch::TensorOptions().dtype(torch::kByte).pinned_memory(true));
+  torch::Tensor staging;
+  try {
+    staging = torch::empty({total_bytes}, torch::TensorOptions().dtype(torch::kByte).pinned_memory(true));
+  } catch (const c10::Error& e) {
+    throw Error("preprocess (CUDA): allocating " + std::to_string(total_bytes) +
+                " bytes of pinned staging memory failed: " + e.what_without_backtrace());
+  }
   uint8_t* packed = staging.data_ptr<uint8_t>();
   for (int64_t i = 0; i < n; ++i) {
     const ImageView& view = images[i];
@@ -191,8 +197,14 @@ PreprocessedBatch preprocess_with_cuda_kernel(const std::vector<ImageView>& imag
     }
   }
   const torch::Device cuda_device(torch::kCUDA, index);
-  const torch::Tensor pixels =
-      torch::empty({total_bytes}, torch::TensorOptions().dtype(torch::kByte).device(cuda_device)).copy_(staging, true);
+  torch::Tensor pixels;
+  try {
+    pixels = torch::empty({total_bytes}, torch::TensorOptions().dtype(torch::kByte).device(cuda_device))
+                 .copy_(staging, /*non_blocking=*/true);
+  } catch (const c10::Error& e) {
+    throw Error("preprocess (CUDA): uploading " + std::to_string(total_bytes) +
+                " image bytes failed: " + e.what_without_backtrace());
+  }
 
   PreprocessedBatch batch;
   batch.images = torch::empty({n, 3, plan.pad_h, plan.pad_w},
