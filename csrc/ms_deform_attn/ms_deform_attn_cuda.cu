@@ -1,6 +1,7 @@
 // CUDA kernels for multi-scale deformable attention (see ms_deform_attn.h for the contract).
 //
-// Work split: one "group" of lanes per (batch, head, query). Each lane owns V consecutive
+// Work split (forward): one "group" of lanes per (batch, head, query); the backward kernels below
+// split differently (per sample, or per block of encoder queries). Each lane owns V consecutive
 // channels (one 16-byte load per bilinear corner for fp16/bf16 with V = 8, fp32 with V = 4), so a
 // group of D/V lanes (rounded up to a power of two, at most 32, never straddling a warp) covers the
 // head. Every lane walks all L*P samples itself: coordinates and corner weights are recomputed
