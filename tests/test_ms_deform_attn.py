@@ -339,6 +339,37 @@ def test_backward_cuda_few_queries_leaves_untouched_rows_zero(dtype, coord_dtype
         assert torch.allclose(got.float(), repeat.float(), rtol=1e-5, atol=1e-6)
 
 
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+def test_backward_cuda_all_samples_on_one_spot(dtype):
+    """Every sample of 4000 queries lands in the same 2x2 pixels of each level (with an odd D, one
+    channel per lane): the general backward kernel's 64 K sample groups all add to the same few
+    grad_value rows at once. Every contribution must arrive exactly once (fp32 sums: fp16 stays
+    within its tolerance though each row sums 16 K terms); the rest of grad_value must be 0."""
+    from codetr import _C  # noqa: F401
+    levels = [(16, 24), (8, 12)]
+    S = sum(h * w for h, w in levels)
+    B, Q, H, D, L, P = 1, 4000, 2, 7, len(levels), 4
+    g = torch.Generator().manual_seed(23)
+    spot = torch.tensor([0.37, 0.61], dtype=torch.float64)
+    loc = spot + 1e-3 * torch.rand(B, Q, H, L, P, 2, generator=g, dtype=torch.float64)
+    attn = torch.rand(B, Q, H, L, P, generator=g, dtype=torch.float64)
+    value = torch.randn(B, S, H, D, generator=g, dtype=torch.float64)
+    grad_out = torch.randn(B, Q, H * D, generator=g, dtype=torch.float64)
+    flat = [v for hw in levels for v in hw]
+    coord_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    grads = torch.ops.codetr.ms_deform_attn_backward(grad_out.to("cuda", dtype), value.to("cuda", dtype), flat,
+                                                     loc.to("cuda", coord_dtype), attn.to("cuda", coord_dtype))
+    ref_inputs = [t.clone().requires_grad_() for t in (value.to(dtype).double(), loc.to(coord_dtype).double(),
+                                                       attn.to(coord_dtype).double())]
+    ms_deform_attn_pytorch(ref_inputs[0], levels, ref_inputs[1], ref_inputs[2]).backward(grad_out.to(dtype).double())
+    reached = ref_inputs[0].grad.abs().amax(-1) != 0
+    assert reached.sum() <= 2 * 4 * L  # 2x2 corners per level and head
+    assert (grads[0].cpu()[~reached] == 0).all()
+    for name, got, ref_input in zip(("value", "loc", "attn"), grads, ref_inputs):
+        assert rel_err(got, ref_input.grad) <= CUDA_GRAD_TOL[dtype], name
+
+
 def encoder_like_case(levels, H, D, dtype, coord_dtype, seed=5, P=4):
     """Encoder-style inputs: one query per pixel of every level (level-major, row-major), sampling
     around its own pixel centre with N(0, 2 px) offsets, some off the map. Power-of-two level sizes
