@@ -52,25 +52,27 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # --- window attention logits ------------------------------------------------------------------
 
-def _hot_attention(seed=0):
-    """WindowMSA (2 heads of 16, 4x4 windows) whose q/k projections make logits ~1e5-1e6."""
+def _hot_attention(embed_dims, seed=0):
+    """WindowMSA (2 heads, 4x4 windows) whose q/k projections make logits ~1e5-1e6."""
     gen = torch.Generator().manual_seed(seed)
-    m = WindowMSA(embed_dims=32, num_heads=2, window=4).eval()
+    m = WindowMSA(embed_dims=embed_dims, num_heads=2, window=4).eval()
     with torch.no_grad():
         for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-        m.qkv.weight[:64] *= 600.0  # q and k rows
-    x = torch.randn(6, 16, 32, generator=gen)  # LayerNorm-like input
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2 * (32 / embed_dims) ** 0.5)
+        m.qkv.weight[:2 * embed_dims] *= 600.0  # q and k rows
+    x = torch.randn(6, 16, embed_dims, generator=gen)  # LayerNorm-like input
     # weights/input exactly representable in fp16: fp32 and fp16 runs see the same numbers
     return m.half().float(), x.half().float()
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("device", DEVICES)
-def test_window_attention_logits_do_not_overflow_float16(device):
-    m32, x = _hot_attention()
+@pytest.mark.parametrize("embed_dims", [32, 64], ids=["head16", "head32"])
+def test_window_attention_logits_do_not_overflow_float16(device, embed_dims):
+    """head32 on CUDA: the fused window-attention kernel; otherwise the PyTorch formulation."""
+    m32, x = _hot_attention(embed_dims)
     m32, x = m32.to(device), x.to(device)
-    qkv = m32.qkv(x).reshape(6, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    qkv = m32.qkv(x).reshape(6, 16, 3, 2, embed_dims // 2).permute(2, 0, 3, 1, 4)
     logits = (qkv[0] * m32.scale) @ qkv[1].transpose(-2, -1)
     assert logits.abs().max() > 4 * FP16_MAX  # the premise: float32 logits far beyond fp16
     assert logits.abs().max() < FP16_MAX / LOGIT_PRESCALE  # ... but inside our pre-scaled range
@@ -91,11 +93,15 @@ def test_window_attention_logits_do_not_overflow_float16(device):
 @torch.no_grad()
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)], ids=str)
-def test_window_attention_with_shift_mask_reduced_precision_close_to_float32(device, dtype, tol):
-    """Ordinary magnitudes, shifted windows, batch 2: the fp32 bias/mask/softmax path equals float32 closely."""
+@pytest.mark.parametrize("embed_dims", [32, 64], ids=["head16", "head32"])
+def test_window_attention_with_shift_mask_reduced_precision_close_to_float32(device, dtype, tol, embed_dims):
+    """Ordinary magnitudes, shifted windows, batch 2: the fp32 bias/mask/softmax path equals float32
+    closely (head32 on CUDA: the fused kernel)."""
     torch.manual_seed(1)
-    block = SwinBlock(embed_dims=32, num_heads=2, hidden=128, window=4, shift=True).eval().to(device)
-    x = torch.randn(2, 10 * 12, 32, device=device)
+    block = SwinBlock(embed_dims=embed_dims, num_heads=2, hidden=128, window=4, shift=True).eval().to(device)
+    with torch.no_grad():
+        block.attn.w_msa.relative_position_bias_table.normal_()
+    x = torch.randn(2, 10 * 12, embed_dims, device=device)
     attn32 = block.attn
     ref = attn32(x, (10, 12))
     attn16 = copy.deepcopy(attn32).to(dtype)

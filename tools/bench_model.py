@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-from codetr.models import build_model  # noqa: E402
+from codetr.models import build_model, set_cuda_fusions  # noqa: E402
 from codetr.nn import MultiScaleDeformableAttention  # noqa: E402
 from codetr.precision import compare_detections  # noqa: E402
 
@@ -185,6 +185,8 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="GPU time per kernel category and the top kernels (torch.profiler, 10 calls)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--no-cuda-fusions", action="store_true",
+                        help="time the PyTorch formulations instead (codetr.models.set_cuda_fusions)")
     args = parser.parse_args()
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -194,7 +196,9 @@ def main():
     results = {"preset": preset, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d"), "runs": []}
     model32 = build_model(preset, device=device, dtype=torch.float32)
-    print(f"# {preset} on {results['device']}, torch {torch.__version__}", flush=True)
+    results["cuda_fusions"] = not args.no_cuda_fusions
+    print(f"# {preset} on {results['device']}, torch {torch.__version__}, "
+          f"cuda_fusions={results['cuda_fusions']}", flush=True)
 
     for size in args.size.split(","):
         W, H = (int(v) for v in size.split("x"))
@@ -207,6 +211,7 @@ def main():
                 dtype = DTYPES[dname]
                 model = model32 if dtype == torch.float32 else build_model(preset, device=device, dtype=dtype)
                 model.load_state_dict(model32.state_dict())
+                set_cuda_fusions(model, not args.no_cuda_fusions)
                 inputs = [im.to(dtype) for im in images]
                 torch.cuda.reset_peak_memory_stats()
                 row = {"mode": mode, "size": [W, H], "batch": batch}

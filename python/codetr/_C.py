@@ -52,3 +52,14 @@ def _ms_deform_attn_backward_fake(grad_output, value, spatial_shapes, sampling_l
                                   attention_weights):
     return (torch.empty_like(value), torch.empty_like(sampling_locations),
             torch.empty_like(attention_weights))
+
+
+@torch.library.register_fake("codetr::window_attention")
+def _window_attention_fake(qkv, bias, regions, num_heads, scale):
+    torch._check(qkv.dim() == 3, lambda: "codetr::window_attention: qkv must be 3-D (num_windows, N, 3*C)")
+    torch._check(num_heads > 0 and qkv.shape[2] % (3 * num_heads) == 0,
+                 lambda: f"codetr::window_attention: qkv's last dim ({qkv.shape[2]}) must be 3 * num_heads * "
+                         f"head_dim with num_heads = {num_heads}")
+    torch._check(bias.dtype == qkv.dtype and bias.device == qkv.device,
+                 lambda: "codetr::window_attention: bias must have qkv's dtype and device")
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3)

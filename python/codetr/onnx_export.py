@@ -115,6 +115,8 @@ def export_onnx(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, pr
 
     if opts.opset < MIN_OPSET:
         raise ExportError(f"--opset {opts.opset} is too old: GridSample needs opset >= {MIN_OPSET}")
+    from codetr.models import set_cuda_fusions
+    set_cuda_fusions(model, False)  # their ops (window attention, GEMM-epilogue ReLU) are not ONNX
     if opts.onnx_msda_op:
         _use_msda_op(model)
         table = _msda_translation()

@@ -72,3 +72,28 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: SpatialShapes,
     from codetr import _C  # noqa: F401  (loads the op library once)
     return torch.ops.codetr.ms_deform_attn(value, flatten_spatial_shapes(spatial_shapes),
                                            sampling_locations, attention_weights)
+
+
+# Window sizes and head dim of the fused CUDA window-attention kernel
+# (csrc/window_attention/window_attention.h: cuda_supported).
+WINDOW_ATTENTION_CUDA_TOKENS = (16, 64, 144)
+WINDOW_ATTENTION_CUDA_HEAD_DIM = 32
+
+
+def window_attention_fused(qkv: torch.Tensor, tokens: int, head_dim: int) -> bool:
+    """Whether :func:`window_attention` has a CUDA kernel for this call (else use PyTorch ops)."""
+    return (qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16)
+            and tokens in WINDOW_ATTENTION_CUDA_TOKENS and head_dim == WINDOW_ATTENTION_CUDA_HEAD_DIM)
+
+
+def window_attention(qkv: torch.Tensor, bias: torch.Tensor, regions: torch.Tensor | None, num_heads: int,
+                     scale: float) -> torch.Tensor:
+    """Swin window attention through `torch.ops.codetr.window_attention` (inference only).
+
+    qkv (Bw, N, 3*C) as the qkv projection writes it; bias (H, N, N) in qkv's dtype; regions
+    (nW, N) int32 shift-mask region ids (logits of token pairs in different regions get -100) or
+    None; -> (Bw, N, C) = softmax(scale * q k^T + bias + mask) v per head, with the logits and
+    softmax in fp32. CUDA: float16/bfloat16, head_dim 32, N = 16/64/144; CPU: an ATen reference.
+    """
+    from codetr import _C  # noqa: F401  (loads the op library once)
+    return torch.ops.codetr.window_attention(qkv, bias, regions, num_heads, scale)

@@ -46,7 +46,20 @@ def build_model(preset: "str | Preset", checkpoint=None, device: "str | torch.de
     if str(device) != "meta":
         model = model.to(device=device, dtype=dtype)
     set_msda_impl(model, msda_impl or ("op" if op_library_available() else "pytorch"))
+    set_cuda_fusions(model, op_library_available())
     return model.eval().requires_grad_(False)
+
+
+def set_cuda_fusions(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """Turn the CUDA-only fused paths on or off: Swin window attention as one kernel
+    (``torch.ops.codetr.window_attention``: float16/bfloat16, 32-channel heads, 4x4/8x8/12x12
+    windows) and the transformer FFNs' bias + ReLU in the GEMM epilogue. Either applies only to CUDA
+    tensors; build_model enables them when the op library is built. ONNX export turns them off
+    (neither is an ONNX op). Returns ``model``."""
+    for module in model.modules():
+        if hasattr(module, "cuda_fusions"):
+            module.cuda_fusions = enabled
+    return model
 
 
 def min_dynamic_input_size(preset: "str | Preset") -> int:

@@ -15,6 +15,9 @@ in the model's dtype, but two things Swin-L is known to push past float16's 6550
 * window-attention logits: q is pre-scaled by 2^-8 so the fp16 q.k^T fits up to ~1.7e7, then
   rescaled in fp32, where bias, shift mask and softmax run (probabilities cast back for attn @ v).
 Powers of two scale exactly, and every cast is a no-op in float32: fp32 results are bit-identical.
+On CUDA in float16/bfloat16 (32-channel heads, 4x4/8x8/12x12 windows), window attention runs as
+one fused kernel instead (``torch.ops.codetr.window_attention``): q.k^T accumulates in fp32 on the
+tensor cores and bias, mask and softmax stay in fp32 registers, so no prescale is needed there.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from codetr import ops
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -56,19 +61,26 @@ class WindowMSA(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window))
         self.qkv = nn.Linear(embed_dims, embed_dims * 3)
         self.proj = nn.Linear(embed_dims, embed_dims)
+        self.cuda_fusions = True  # see codetr.models.set_cuda_fusions
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (num_windows*B, N, C); mask: (num_windows, N, N) with 0 / -100 or None."""
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
+        """x: (num_windows*B, N, C); regions: (num_windows, N) int32 shift-mask region ids (tokens of
+        different regions get -100 added to their logits) or None."""
         Bw, N, C = x.shape
-        qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
+        if self.cuda_fusions and ops.window_attention_fused(qkv, N, C // self.num_heads):
+            bias = bias.permute(2, 0, 1).contiguous()
+            return self.proj(ops.window_attention(qkv, bias, regions, self.num_heads, self.scale))
+        qkv = qkv.reshape(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         # logits: matmul in the input dtype on a pre-scaled q (fp16 range, see LOGIT_PRESCALE),
         # then fp32 for the rescale, bias, shift mask and softmax (one fused kernel when compiled)
         attn = ((q * (self.scale * LOGIT_PRESCALE)) @ k.transpose(-2, -1)).float() * (1.0 / LOGIT_PRESCALE)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].float()
-        attn = attn + bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
-        if mask is not None:
-            nW = mask.shape[0]
+        attn = attn + bias.float().permute(2, 0, 1).unsqueeze(0)
+        if regions is not None:
+            nW = regions.shape[0]
+            mask = torch.where(regions[:, None, :] != regions[:, :, None], -100.0, 0.0)  # float32
             attn = attn.view(-1, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.num_heads, N, N)
         attn = attn.softmax(-1).to(v.dtype)
@@ -90,9 +102,9 @@ class ShiftWindowMSA(nn.Module):
         x = x.view(B, n_h, ws, n_w, ws, C).permute(0, 1, 3, 2, 4, 5)
         return x.reshape(-1, ws * ws, C)
 
-    def _shift_mask(self, n_h, n_w, device) -> torch.Tensor:
-        """Attention mask of the shifted windows: 0 within one region, -100 across regions
-        (float32: it is added to the float32 logits).
+    def _shift_regions(self, n_h, n_w, device) -> torch.Tensor:
+        """(nW, N) int32 region id of every token of every shifted window; tokens of different
+        regions must not attend to each other (WindowMSA adds -100 to their logits).
 
         Regions as mmdet slices them: rows [0, H-ws), [H-ws, H-shift), [H-shift, H), same for
         columns; region id = 3 * row_region + col_region.
@@ -101,12 +113,10 @@ class ShiftWindowMSA(nn.Module):
         H, W = n_h * ws, n_w * ws
         rows = torch.arange(H, device=device)
         cols = torch.arange(W, device=device)
-        row_region = (rows >= H - ws).long() + (rows >= H - s).long()
-        col_region = (cols >= W - ws).long() + (cols >= W - s).long()
-        region = (row_region[:, None] * 3 + col_region[None, :]).float()
-        windows = self._partition(region[None, :, :, None], n_h, n_w).squeeze(-1)  # (nW, N)
-        diff = windows[:, None, :] - windows[:, :, None]
-        return torch.where(diff != 0, torch.full_like(diff, -100.0), torch.zeros_like(diff))
+        row_region = (rows >= H - ws).int() + (rows >= H - s).int()
+        col_region = (cols >= W - ws).int() + (cols >= W - s).int()
+        region = row_region[:, None] * 3 + col_region[None, :]
+        return self._partition(region[None, :, :, None], n_h, n_w).squeeze(-1)
 
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         B, L, C = x.shape
@@ -116,10 +126,10 @@ class ShiftWindowMSA(nn.Module):
         x = F.pad(x.view(B, H, W, C), (0, 0, 0, n_w * ws - W, 0, n_h * ws - H))
         if self.shift > 0:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-            mask = self._shift_mask(n_h, n_w, x.device)
+            regions = self._shift_regions(n_h, n_w, x.device)
         else:
-            mask = None
-        out = self.w_msa(self._partition(x, n_h, n_w), mask)
+            regions = None
+        out = self.w_msa(self._partition(x, n_h, n_w), regions)
         out = out.view(B, n_h, n_w, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, n_h * ws, n_w * ws, C)
         if self.shift > 0:
             out = torch.roll(out, shifts=(self.shift, self.shift), dims=(1, 2))
