@@ -7,7 +7,8 @@
 #   aoti     export fp16 CUDA AOTInductor packages (R50, Swin-L @1152x768) and time them with
 #            codetr-detect --benchmark (engine and end-to-end), with and without CUDA graphs
 # Carry .deps (nlohmann/json.hpp: the machine has none). AOTI_PRESETS: the presets `aoti` exports
-# (default R50 and Swin-L). Logs and JSON go to $OUT.
+# (default R50 and Swin-L); REUSE_EXPORTS=1 times packages an earlier call left in /tmp on a still
+# warm machine. Logs and JSON go to $OUT.
 # Usage: tools/device/bench_full.sh eager aoti
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
@@ -15,7 +16,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noh
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
 echo "== build $(date +%T)"
-CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_TESTS=OFF \
+# RUNTIME=ON explicitly: other device scripts configure the same build dir without it (cached).
+CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_TESTS=OFF -DCODETR_BUILD_RUNTIME=ON \
   -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
 DETECT=$PWD/build-device/cpp/codetr-detect
@@ -40,9 +42,12 @@ run_aoti() {
   for preset in ${AOTI_PRESETS:-co_dino_5scale_r50_8xb2_1x_coco co_dino_5scale_swin_l_16xb1_1x_coco}; do
     dir=/tmp/engine_$preset
     echo "== export $preset $(date +%T)"
-    python3 -m codetr export --preset "$preset" --device cuda --dtype float16 --height 768 --width 1152 \
+    if [ "${REUSE_EXPORTS:-0}" = 1 ] && [ -f "$dir/model.pt2" ]; then
+      echo "reusing $dir (REUSE_EXPORTS=1)"
+    else python3 -m codetr export --preset "$preset" --device cuda --dtype float16 --height 768 --width 1152 \
       --output "$dir" > "$OUT/export_$preset.log" 2>&1 || { tail -30 "$OUT/export_$preset.log"; continue; }
-    grep -iE "compil|packag|wrote|s\)" "$OUT/export_$preset.log" | tail -4
+      grep -iE "compil|packag|wrote|s\)" "$OUT/export_$preset.log" | tail -4
+    fi
     du -sh "$dir/model.pt2"
     for graphs in off on; do
       echo "== codetr-detect --benchmark $preset cuda-graphs=$graphs $(date +%T)"
