@@ -292,10 +292,13 @@ def test_backward_cuda_matches_reference(dtype, coord_dtype, D):
 
 
 @cuda
-@pytest.mark.parametrize("P,D,Q", [(1, 32, 300), (3, 64, 100), (4, 7, 70), (4, 32, 200), (128, 32, 3)])
+@pytest.mark.parametrize("P,D,Q", [(1, 32, 300), (3, 64, 100), (4, 7, 70), (4, 32, 200), (128, 32, 3), (4, 32, 4500)])
 def test_backward_cuda_more_shapes(P, D, Q):
     """Enough queries for several thread blocks (the last one partial), P = 1, 3 and 128, odd D
-    (one channel per lane) and D = 64, random locations on larger maps, in fp32 and fp16."""
+    (one channel per lane) and D = 64, random locations on larger maps, in fp32 and fp16. In fp16,
+    up to Q*P = 16384 samples per level, grad_value of the large levels is gathered per output
+    tile; Q = 4500 x 4 points (and fp32) take the per-corner atomics into a zero-filled
+    accumulator instead."""
     levels = [(32, 64), (16, 32), (8, 16)]
     for dtype in (torch.float32, torch.float16):
         grads, ref_grads = backward_pair(levels, dtype, torch.float32, "cuda", D=D, Q=Q, P=P, seed=P + D, exact=True)
@@ -341,15 +344,18 @@ def test_backward_cuda_few_queries_leaves_untouched_rows_zero(dtype, coord_dtype
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
-def test_backward_cuda_all_samples_on_one_spot(dtype):
-    """Every sample of 4000 queries lands in the same 2x2 pixels of each level (with an odd D, one
-    channel per lane): the general backward kernel's 64 K sample groups all add to the same few
-    grad_value rows at once. Every contribution must arrive exactly once (fp32 sums: fp16 stays
-    within its tolerance though each row sums 16 K terms); the rest of grad_value must be 0."""
+@pytest.mark.parametrize("Q,levels", [(4000, [(16, 24), (8, 12)]), (500, [(128, 192), (64, 96)])],
+                         ids=["small_maps", "large_map"])
+def test_backward_cuda_all_samples_on_one_spot(dtype, Q, levels):
+    """Every sample lands in the same 2x2 pixels of each level (with an odd D): thousands of
+    contributions per pixel at once. small_maps: 16 000 samples per (head, level) on small levels
+    go through per-corner atomics into a zero-filled accumulator; large_map: in fp16 the 128x192
+    level is made by output tiles (its expected hits per tile are few), and all 2 000 samples land
+    on one tile's pixel lists (fp32/fp64: atomics throughout). Every contribution must arrive
+    exactly once (fp32 sums: fp16 stays within its tolerance); the rest of grad_value must be 0."""
     from codetr import _C  # noqa: F401
-    levels = [(16, 24), (8, 12)]
     S = sum(h * w for h, w in levels)
-    B, Q, H, D, L, P = 1, 4000, 2, 7, len(levels), 4
+    B, H, D, L, P = 1, 2, 7, len(levels), 4
     g = torch.Generator().manual_seed(23)
     spot = torch.tensor([0.37, 0.61], dtype=torch.float64)
     loc = spot + 1e-3 * torch.rand(B, Q, H, L, P, 2, generator=g, dtype=torch.float64)

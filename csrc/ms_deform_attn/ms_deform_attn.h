@@ -14,6 +14,7 @@
 //   output             (B, Q, H, D)        i.e. (B, Q, H*D)
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #ifdef __CUDACC__
@@ -74,7 +75,8 @@ enum class DType { kFloat32, kFloat16, kBFloat16, kFloat64 };
 // Backward: grad_value (value's dtype) is written in full. It is accumulated with atomics in
 // grad_value_accum, a 16-byte aligned workspace of B*S*H*D elements of float32 (float64 for
 // float64 values) that needs no initialising and may be grad_value itself when value is
-// float32/float64.
+// float32/float64. backward_workspace, of backward_cuda_workspace_bytes(args) bytes (16-byte
+// aligned, uninitialised), holds the decoder path's sample bins.
 struct CudaArgs {
   DType value_dtype = DType::kFloat32;
   DType coord_dtype = DType::kFloat32;
@@ -85,6 +87,7 @@ struct CudaArgs {
   void* output = nullptr;              // forward only
   void* grad_value = nullptr;          // backward only
   void* grad_value_accum = nullptr;    // backward only (workspace, see above)
+  void* backward_workspace = nullptr;  // backward only (workspace, see above)
   void* grad_sampling_locations = nullptr;
   void* grad_attention_weights = nullptr;
   Sizes sizes;
@@ -104,6 +107,8 @@ int cuda_channels_per_thread(int64_t head_dim, DType value_dtype);
 // Launch on `stream`; return the launch's error code (cudaSuccess == 0), never synchronise.
 int forward_cuda(const CudaArgs& args, CudaStream stream);
 int backward_cuda(const CudaArgs& args, CudaStream stream);
+// Bytes of CudaArgs::backward_workspace the backward of these sizes/levels/dtypes needs (may be 0).
+size_t backward_cuda_workspace_bytes(const CudaArgs& args);
 
 }  // namespace msda
 }  // namespace codetr

@@ -28,6 +28,10 @@ namespace {
 constexpr int kForwardThreadsPerBlock = 256;
 constexpr int kBackwardThreadsPerBlock = 256;
 
+unsigned int blocks_for(int64_t threads, int threads_per_block) {
+  return static_cast<unsigned int>((threads + threads_per_block - 1) / threads_per_block);
+}
+
 template <typename scalar_t>
 using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
@@ -201,8 +205,10 @@ __device__ __forceinline__ acc_t group_sum(acc_t x, int lanes) {
 
 // ---- general backward: one group of lanes per sample ------------------------------------------
 //
-// Every corner goes into a zero-filled fp32 accumulator with its own atomics (grad_value itself for
-// fp32/fp64 values; a workspace cast back by cast_grad_value_kernel for fp16/bf16).
+// Every corner on a level of `accumulate_levels` (bit l = level l) goes into a zero-filled fp32
+// accumulator with its own atomics (grad_value itself for fp32/fp64 values; a workspace cast back
+// by cast_grad_value_kernel for fp16/bf16). Calls with few samples per level (the decoder) make the
+// large levels' grad_value with grad_value_tile_kernel below instead.
 // Tried and dropped (H100, 2026-11-24, decoder Q=900 at 768x1152): zeroing and casting only the
 // ~1/3 of the accumulator rows the decoder reaches. Flagging those rows takes one more pass over
 // the 576 K corners, and a pass over the corners costs about as much as the whole-buffer zero-fill
@@ -251,7 +257,7 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
                     acc_type_t<scalar_t>* __restrict__ grad_value_accum,
                     coord_t* __restrict__ grad_sampling_locations,
                     coord_t* __restrict__ grad_attention_weights, const Sizes sizes,
-                    const LevelShapes levels, const GroupLayout layout) {
+                    const LevelShapes levels, const GroupLayout layout, const unsigned int accumulate_levels) {
   using acc_t = acc_type_t<scalar_t>;
   const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t group = thread >> layout.lanes_log2;
@@ -280,10 +286,12 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
       if (s.valid[k]) {
         const int64_t offset = corner_offset(si, s.x0, s.y0, k, width, sizes, levels) + c0;
         load_acc<scalar_t, V>(value + offset, v[k]);
-        acc_t gv[V];
+        if ((accumulate_levels >> si.l) & 1u) {
+          acc_t gv[V];
 #pragma unroll
-        for (int i = 0; i < V; ++i) gv[i] = a * corner_weight[k] * grad_out[i];
-        atomic_add_vec<V>(grad_value_accum + offset, gv);
+          for (int i = 0; i < V; ++i) gv[i] = a * corner_weight[k] * grad_out[i];
+          atomic_add_vec<V>(grad_value_accum + offset, gv);
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < V; ++i) v[k][i] = acc_t(0);
@@ -321,6 +329,297 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 #pragma unroll
   for (int i = 0; i < C; ++i) out.v[i] = from_acc<scalar_t>(in.v[i]);
   reinterpret_cast<Vec<scalar_t, C>*>(grad_value)[chunk] = out;
+}
+
+// ---- decoder backward: grad_value gathered per output tile ---------------------------------------
+//
+// With few samples per (b, h, level) (the decoder: Q = 900 queries x 4 points) and fp16/bf16 values,
+// backward_kernel spends most of the backward on its dense fp32 accumulator: zero-filling it and
+// casting it back cost 62 of 113.5 us on the 768x1152 decoder (H100, 2026-11-24), while the samples
+// touch ~1/3 of its rows. Instead, the large levels are cut into tiles of pixels. Three small kernels sort the
+// samples into per-(b, h, tile) bins (count, prefix sum, scatter; a sample whose corners straddle
+// tiles goes into each); then one block per tile sums its bin's corners in shared memory (fp32)
+// and writes the whole tile of grad_value once, in value's dtype, zeros included: no memset, no
+// global atomics, no cast. A tile's hits are summed by one block, so only levels with few
+// expected hits per tile are tiled; the small levels keep backward_kernel's atomics into a
+// zero-filled accumulator, which is small for them.
+// Measured (same device, fp16 decoder backward, graph): 94.4 us (5.5x the forward) vs 113.5 dense;
+// per call: tile kernel 29, backward_kernel 34, binning 20, memset + cast of the small levels 6.
+// Tried first: every tile block scanning all of its level's samples itself, without bins (207 us:
+// 15 dependent rounds per block), and summing in shared memory with float atomics (48 us for the
+// tile kernel alone: they compile to compare-and-swap loops).
+constexpr int kTileThreads = 256;
+constexpr int kTileMaxSamples = 16384;   // Q*P per (b, h, level) up to which tiles are considered
+constexpr int kTileAccumFloats = 8192;   // fp32 sums per block (in registers): tile pixels = this / D
+constexpr int kTileMaxHits = 512;        // expected corner hits per tile up to which a level is tiled
+
+struct TileLayout {
+  int tile_pixels;
+  int total_tiles;                 // per (b, h), over the tiled levels
+  int first_tile[kMaxLevels + 1];  // prefix sums of the levels' tile counts (0 for untiled levels)
+  unsigned int tiled_levels;       // bit l: level l is made here
+  int num_tiled_levels;
+  int tiled_level[kMaxLevels];     // the tiled levels, in order
+};
+
+// The bins: counts[n] and cursor[n] per (b, h, tile), offsets[n + 1], then the entries, each
+// (i << 4) | corner mask with i = q * P + p the sample within its (b, h, level).
+struct TileBins {
+  int* counts;
+  int* cursor;
+  int* offsets;
+  int* entries;
+  int64_t num_bins;
+};
+
+// Calls f(tile, corner mask) once per tile that corners of sample i = q * P + p of (b, h, level l)
+// land in.
+template <typename coord_t, typename F>
+__device__ __forceinline__ void for_each_tile_of_sample(const coord_t* sampling_locations, int64_t entry, int l,
+                                                        const LevelShapes& levels, const TileLayout& tiles, F&& f) {
+  const int height = levels.height[l], width = levels.width[l];
+  const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * entry);
+  const auto s = make_bilinear_sample<float>(to_acc<float>(xy.v[0]), to_acc<float>(xy.v[1]), height, width);
+  int tile_of[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    tile_of[k] = s.valid[k] ? tiles.first_tile[l] + ((s.y0 + k / 2) * width + s.x0 + k % 2) / tiles.tile_pixels : -1;
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    bool first = tile_of[k] >= 0;
+#pragma unroll
+    for (int j = 0; j < k; ++j) first = first && tile_of[j] != tile_of[k];
+    if (!first) continue;
+    int mask = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) mask |= (tile_of[j] == tile_of[k]) << j;
+    f(tile_of[k], mask);
+  }
+}
+
+// Thread per sample of the tiled levels: kCount counts its bins' entries, else writes them.
+template <typename coord_t, bool kCount>
+__global__ void __launch_bounds__(kTileThreads)
+    bin_samples_kernel(const coord_t* __restrict__ sampling_locations, const Sizes sizes, const LevelShapes levels,
+                       const TileLayout tiles, TileBins bins) {
+  const int Q = static_cast<int>(sizes.num_queries), P = static_cast<int>(sizes.num_points);
+  const int H = static_cast<int>(sizes.num_heads), L = static_cast<int>(sizes.num_levels);
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t per_level = static_cast<int64_t>(Q) * P;
+  if (thread >= sizes.batch * H * tiles.num_tiled_levels * per_level) return;
+  const int i = static_cast<int>(thread % per_level);
+  const int64_t rest = thread / per_level;
+  const int l = tiles.tiled_level[rest % tiles.num_tiled_levels];
+  const int64_t bh = rest / tiles.num_tiled_levels;
+  const int h = static_cast<int>(bh % H);
+  const int64_t b = bh / H;
+  const int q = i / P, p = i - q * P;
+  const int64_t entry = ((b * Q + q) * H + h) * L * P + l * P + p;
+  for_each_tile_of_sample(sampling_locations, entry, l, levels, tiles, [&](int tile, int mask) {
+    const int64_t bin = bh * tiles.total_tiles + tile;
+    if constexpr (kCount) {
+      atomicAdd(&bins.counts[bin], 1);
+    } else {
+      bins.entries[atomicAdd(&bins.cursor[bin], 1)] = (i << 4) | mask;
+    }
+  });
+}
+
+// One block: offsets = exclusive prefix sum of counts (and cursor = offsets[0 .. n)).
+__global__ void __launch_bounds__(1024) bin_offsets_kernel(TileBins bins) {
+  __shared__ int partial[1024];
+  const int64_t n = bins.num_bins;
+  const int64_t per_thread = (n + blockDim.x - 1) / blockDim.x;
+  const int64_t begin = threadIdx.x * per_thread, end = min(n, begin + per_thread);
+  int sum = 0;
+  for (int64_t k = begin; k < end; ++k) sum += bins.counts[k];
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int offset = 1; offset < blockDim.x; offset <<= 1) {  // inclusive scan of the partials
+    const int add = threadIdx.x >= offset ? partial[threadIdx.x - offset] : 0;
+    __syncthreads();
+    partial[threadIdx.x] += add;
+    __syncthreads();
+  }
+  int running = partial[threadIdx.x] - sum;
+  for (int64_t k = begin; k < end; ++k) {
+    bins.offsets[k] = bins.cursor[k] = running;
+    running += bins.counts[k];
+  }
+  if (threadIdx.x == blockDim.x - 1) bins.offsets[n] = partial[threadIdx.x];
+}
+
+// One block per (b, h, tile). The bin's entries are taken kTileThreads at a time: each corner in
+// the tile becomes a record (weight a * corner weight, query) pushed onto its pixel's list in
+// shared memory with an integer atomicExch (sm_90 has no native shared fp32 atomic add). Then each
+// thread walks the lists of the (pixel, C channels) items it owns and adds weight * grad_output
+// into registers: no float atomics, and each output element is written once at the end.
+template <typename scalar_t, typename coord_t, int C>
+__global__ void __launch_bounds__(kTileThreads)
+    grad_value_tile_kernel(const scalar_t* __restrict__ grad_output, const coord_t* __restrict__ sampling_locations,
+                           const coord_t* __restrict__ attention_weights, scalar_t* __restrict__ grad_value,
+                           const Sizes sizes, const LevelShapes levels, const TileLayout tiles, const TileBins bins) {
+  constexpr int kItems = kTileAccumFloats / kTileThreads / C;  // (pixel, C channels) items per thread
+  struct Record {
+    float weight;
+    int query, next, unused;
+  };
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  Record* records = reinterpret_cast<Record*>(tile_smem);                          // [4 * kTileThreads]
+  int* head = reinterpret_cast<int*>(tile_smem + sizeof(Record) * 4 * kTileThreads);  // [tile_pixels]
+
+  const int H = static_cast<int>(sizes.num_heads), D = static_cast<int>(sizes.head_dim);
+  const int L = static_cast<int>(sizes.num_levels), P = static_cast<int>(sizes.num_points);
+  const int Q = static_cast<int>(sizes.num_queries);
+  const int64_t bin = blockIdx.x;
+  const int tile = static_cast<int>(bin % tiles.total_tiles);
+  const int64_t bh = bin / tiles.total_tiles;
+  const int h = static_cast<int>(bh % H);
+  const int64_t b = bh / H;
+  int l = 0;
+  while (tile >= tiles.first_tile[l + 1]) ++l;
+  const int height = levels.height[l], width = levels.width[l];
+  const int first_pixel = (tile - tiles.first_tile[l]) * tiles.tile_pixels;
+  const int num_pixels = min(tiles.tile_pixels, height * width - first_pixel);
+  const int chunks = D / C;
+
+  float sum[kItems][C];
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+#pragma unroll
+    for (int j = 0; j < C; ++j) sum[k][j] = 0.f;
+  }
+  const int first_entry = bins.offsets[bin];
+  const int num_entries = bins.offsets[bin + 1] - first_entry;
+  for (int base = 0; base < num_entries; base += kTileThreads) {
+    for (int px = threadIdx.x; px < num_pixels; px += blockDim.x) head[px] = -1;
+    __syncthreads();
+    const int e = base + static_cast<int>(threadIdx.x);
+    if (e < num_entries) {
+      const int packed = bins.entries[first_entry + e];
+      const int i = packed >> 4, q = i / P, p = i - q * P;
+      const int64_t entry = ((b * Q + q) * H + h) * L * P + l * P + p;
+      const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * entry);
+      const auto s = make_bilinear_sample<float>(to_acc<float>(xy.v[0]), to_acc<float>(xy.v[1]), height, width);
+      const float a = to_acc<float>(attention_weights[entry]);
+      const float corner_weight[4] = {(1 - s.fx) * (1 - s.fy), s.fx * (1 - s.fy), (1 - s.fx) * s.fy, s.fx * s.fy};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (packed & (1 << k)) {
+          const int r = 4 * static_cast<int>(threadIdx.x) + k;
+          const int px = (s.y0 + k / 2) * width + s.x0 + k % 2 - first_pixel;
+          records[r] = Record{a * corner_weight[k], q, atomicExch(&head[px], r), 0};
+        }
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      const int item = static_cast<int>(threadIdx.x) + k * kTileThreads;
+      const int px = item / chunks, c = (item - px * chunks) * C;
+      if (px >= num_pixels) continue;
+      for (int r = head[px]; r >= 0;) {
+        const Record rec = records[r];
+        float g[C];
+        load_acc<scalar_t, C>(grad_output + ((b * Q + rec.query) * H + h) * D + c, g);
+#pragma unroll
+        for (int j = 0; j < C; ++j) sum[k][j] += rec.weight * g[j];
+        r = rec.next;
+      }
+    }
+    __syncthreads();  // before the next batch resets the lists
+  }
+  const int64_t row_stride = static_cast<int64_t>(H) * D;
+  scalar_t* out = grad_value + (b * sizes.num_value + levels.start[l] + first_pixel) * row_stride + h * D;
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    const int item = static_cast<int>(threadIdx.x) + k * kTileThreads;
+    const int px = item / chunks, c = (item - px * chunks) * C;
+    if (px >= num_pixels) continue;
+    Vec<scalar_t, C> v;
+#pragma unroll
+    for (int j = 0; j < C; ++j) v.v[j] = from_acc<scalar_t>(sum[k][j]);
+    *reinterpret_cast<Vec<scalar_t, C>*>(out + px * row_stride + c) = v;
+  }
+}
+
+// Which levels grad_value_tile_kernel makes: fp16/bf16 values, few samples per (b, h, level) (their
+// index packs into 27 bits), and on the level few expected corner hits per tile (~4 corners per
+// sample, spread evenly). fp32 values keep the atomics: they need no cast pass, and the tiles were
+// slower for them (H100, decoder: 116 vs 88.8 us).
+bool plan_grad_value_tiles(const CudaArgs& args, TileLayout* tiles) {
+  const Sizes& sz = args.sizes;
+  *tiles = TileLayout{};
+  const bool half_value = args.value_dtype == DType::kFloat16 || args.value_dtype == DType::kBFloat16;
+  if (!half_value || sz.num_queries * sz.num_points > kTileMaxSamples ||
+      sz.head_dim > kTileAccumFloats || sz.num_levels > kMaxLevels) {
+    return false;
+  }
+  tiles->tile_pixels = static_cast<int>(kTileAccumFloats / sz.head_dim);
+  int64_t total = 0;
+  for (int l = 0; l < sz.num_levels; ++l) {
+    tiles->first_tile[l] = static_cast<int>(total);
+    const int64_t pixels = static_cast<int64_t>(args.levels.height[l]) * args.levels.width[l];
+    const int64_t tile_pixels = std::min<int64_t>(tiles->tile_pixels, pixels);
+    if (4 * sz.num_queries * sz.num_points * tile_pixels <= kTileMaxHits * pixels) {
+      tiles->tiled_levels |= 1u << l;
+      tiles->tiled_level[tiles->num_tiled_levels++] = l;
+      total += (pixels + tiles->tile_pixels - 1) / tiles->tile_pixels;
+    }
+  }
+  tiles->first_tile[sz.num_levels] = static_cast<int>(total);
+  tiles->total_tiles = static_cast<int>(total);
+  // Bin entries are int offsets: at most 4 per sample.
+  return total > 0 && sz.batch * sz.num_heads * total <= INT32_MAX &&
+         4 * sz.batch * sz.num_heads * tiles->num_tiled_levels * sz.num_queries * sz.num_points <= INT32_MAX;
+}
+
+// The bins' place in backward_workspace (16-byte aligned arrays); bytes = their total.
+TileBins tile_bins(const CudaArgs& args, const TileLayout& tiles, size_t* bytes) {
+  const Sizes& sz = args.sizes;
+  const int64_t n = sz.batch * sz.num_heads * tiles.total_tiles;
+  const int64_t capacity = 4 * sz.batch * sz.num_heads * tiles.num_tiled_levels * sz.num_queries * sz.num_points;
+  auto aligned_ints = [](int64_t count) { return (count + 3) / 4 * 4; };
+  int* base = static_cast<int*>(args.backward_workspace);
+  TileBins bins{};
+  bins.num_bins = n;
+  bins.counts = base;
+  bins.cursor = base + aligned_ints(n);
+  bins.offsets = bins.cursor + aligned_ints(n);
+  bins.entries = bins.offsets + aligned_ints(n + 1);
+  *bytes = sizeof(int) * static_cast<size_t>(3 * aligned_ints(n + 1) + capacity);
+  return bins;
+}
+
+template <typename scalar_t, typename coord_t>
+int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStream stream) {
+  const Sizes& sz = args.sizes;
+  size_t bytes = 0;
+  const TileBins bins = tile_bins(args, tiles, &bytes);
+  int status = static_cast<int>(cudaMemsetAsync(bins.counts, 0, sizeof(int) * bins.num_bins, stream));
+  if (status != cudaSuccess) return status;
+  const auto coords = static_cast<const coord_t*>(args.sampling_locations);
+  const int64_t samples = sz.batch * sz.num_heads * tiles.num_tiled_levels * sz.num_queries * sz.num_points;
+  if (samples > 0) {
+    bin_samples_kernel<coord_t, true><<<blocks_for(samples, kTileThreads), kTileThreads, 0, stream>>>(
+        coords, sz, args.levels, tiles, bins);
+    if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
+  }
+  bin_offsets_kernel<<<1, 1024, 0, stream>>>(bins);
+  if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
+  if (samples > 0) {
+    bin_samples_kernel<coord_t, false><<<blocks_for(samples, kTileThreads), kTileThreads, 0, stream>>>(
+        coords, sz, args.levels, tiles, bins);
+    if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
+  }
+  const size_t smem = 16 * 4 * kTileThreads + sizeof(int) * tiles.tile_pixels;  // records, list heads
+  auto kernel = sz.head_dim % 4 == 0 ? grad_value_tile_kernel<scalar_t, coord_t, 4>
+                                     : grad_value_tile_kernel<scalar_t, coord_t, 1>;
+  kernel<<<static_cast<unsigned int>(bins.num_bins), kTileThreads, smem, stream>>>(
+      static_cast<const scalar_t*>(args.grad_output), coords, static_cast<const coord_t*>(args.attention_weights),
+      static_cast<scalar_t*>(args.grad_value), sz, args.levels, tiles, bins);
+  return static_cast<int>(cudaGetLastError());
 }
 
 // ---- encoder backward: per-block sums of grad_value in shared memory ---------------------------
@@ -706,10 +1005,6 @@ bool plan(const CudaArgs& args, std::initializer_list<const void*> vector_pointe
   return false;
 }
 
-unsigned int blocks_for(int64_t threads, int threads_per_block) {
-  return static_cast<unsigned int>((threads + threads_per_block - 1) / threads_per_block);
-}
-
 unsigned int num_blocks(const GroupLayout& layout, int threads_per_block) {
   return blocks_for(layout.num_groups << layout.lanes_log2, threads_per_block);
 }
@@ -771,27 +1066,63 @@ bool plan_encoder_backward(const CudaArgs& args, int* V, EncoderLayout* layout) 
 
 namespace {
 
-template <typename scalar_t, typename acc_t>
-int cast_grad_value(const CudaArgs& args, CudaStream stream) {
-  if (args.grad_value == args.grad_value_accum) return static_cast<int>(cudaSuccess);
+// Calls f(first_element, num_elements) for every run of consecutive levels in `level_mask`, per
+// batch entry: the grad_value rows of those levels are contiguous there.
+template <typename F>
+int for_each_level_run(const CudaArgs& args, unsigned int level_mask, F&& f) {
   const Sizes& sz = args.sizes;
-  const int64_t elements = sz.batch * sz.num_value * sz.num_heads * sz.head_dim;
+  const int64_t row = sz.num_heads * sz.head_dim;
+  for (int64_t b = 0; b < sz.batch; ++b) {
+    for (int l = 0; l < sz.num_levels;) {
+      if (!((level_mask >> l) & 1u)) {
+        ++l;
+        continue;
+      }
+      int end = l;
+      int64_t pixels = 0;
+      while (end < sz.num_levels && ((level_mask >> end) & 1u)) {
+        pixels += static_cast<int64_t>(args.levels.height[end]) * args.levels.width[end];
+        ++end;
+      }
+      const int status = f((b * sz.num_value + args.levels.start[l]) * row, pixels * row);
+      if (status != cudaSuccess) return status;
+      l = end;
+    }
+  }
+  return static_cast<int>(cudaSuccess);
+}
+
+// grad_value = the fp32 accumulator cast to value's dtype, for elements [first, first + count).
+template <typename scalar_t, typename acc_t>
+int cast_grad_value(const CudaArgs& args, int64_t first, int64_t count, CudaStream stream) {
+  if (args.grad_value == args.grad_value_accum || count == 0) return static_cast<int>(cudaSuccess);
   auto launch = [&](auto chunk) {
     constexpr int kC = decltype(chunk)::value;
-    cast_grad_value_kernel<scalar_t, acc_t, kC><<<blocks_for(elements / kC, kBackwardThreadsPerBlock),
+    cast_grad_value_kernel<scalar_t, acc_t, kC><<<blocks_for(count / kC, kBackwardThreadsPerBlock),
                                                    kBackwardThreadsPerBlock, 0, stream>>>(
-        static_cast<const acc_t*>(args.grad_value_accum), static_cast<scalar_t*>(args.grad_value), elements / kC);
+        static_cast<const acc_t*>(args.grad_value_accum) + first, static_cast<scalar_t*>(args.grad_value) + first,
+        count / kC);
     return static_cast<int>(cudaGetLastError());
   };
-  return elements % 4 == 0 ? launch(Width<4>{}) : launch(Width<1>{});
+  return first % 4 == 0 && count % 4 == 0 ? launch(Width<4>{}) : launch(Width<1>{});
 }
 
 }  // namespace
 
+size_t backward_cuda_workspace_bytes(const CudaArgs& args) {
+  int encoder_V = 0;
+  EncoderLayout encoder{};
+  TileLayout tiles{};
+  if (plan_encoder_backward(args, &encoder_V, &encoder) || !plan_grad_value_tiles(args, &tiles)) return 0;
+  size_t bytes = 0;
+  tile_bins(args, tiles, &bytes);
+  return bytes;
+}
+
 int backward_cuda(const CudaArgs& args, CudaStream stream) {
   const Sizes& sz = args.sizes;
-  const size_t accum_bytes = static_cast<size_t>(sz.batch * sz.num_value * sz.num_heads * sz.head_dim) *
-                             (args.value_dtype == DType::kFloat64 ? 8 : 4);
+  const int64_t elements = sz.batch * sz.num_value * sz.num_heads * sz.head_dim;
+  const size_t accum_bytes = static_cast<size_t>(elements) * (args.value_dtype == DType::kFloat64 ? 8 : 4);
   int V = 0;
   GroupLayout layout{};
   if (!plan(args, {args.value, args.grad_output}, 8, &V, &layout)) {
@@ -805,10 +1136,11 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
     using scalar_t = typename decltype(scalar_tag)::type;
     using coord_t = typename decltype(coord_tag)::type;
     using acc_t = acc_type_t<scalar_t>;
-    int status = static_cast<int>(cudaMemsetAsync(args.grad_value_accum, 0, accum_bytes, stream));
-    if (status != cudaSuccess) return status;
+    int status = static_cast<int>(cudaSuccess);
     if constexpr (std::is_same_v<acc_t, float>) {
       if (use_encoder_kernel) {
+        status = static_cast<int>(cudaMemsetAsync(args.grad_value_accum, 0, accum_bytes, stream));
+        if (status != cudaSuccess) return status;
         status = dispatch_width<scalar_t>(encoder_V, [&](auto width) {
           constexpr int kV = decltype(width)::value;
           const int Qb = encoder.queries_per_block;
@@ -824,11 +1156,27 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
               static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, encoder);
           return static_cast<int>(cudaGetLastError());
         });
-        return status != cudaSuccess ? status : cast_grad_value<scalar_t, acc_t>(args, stream);
+        return status != cudaSuccess ? status : cast_grad_value<scalar_t, acc_t>(args, 0, elements, stream);
       }
     }
     GroupLayout per_sample = layout;
     per_sample.num_groups = layout.num_groups * sz.num_levels * sz.num_points;
+    const unsigned int all_levels = sz.num_levels >= 32 ? ~0u : (1u << sz.num_levels) - 1u;
+    TileLayout tiles{};
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (plan_grad_value_tiles(args, &tiles)) {
+        status = grad_value_by_tiles<scalar_t, coord_t>(args, tiles, stream);
+        if (status != cudaSuccess) return status;
+      }
+    }
+    // The other levels: atomics into their zero-filled accumulator rows, cast back afterwards.
+    const unsigned int accumulate_levels = all_levels & ~tiles.tiled_levels;
+    const size_t acc_bytes = std::is_same_v<acc_t, double> ? 8 : 4;
+    status = for_each_level_run(args, accumulate_levels, [&](int64_t first, int64_t count) {
+      return static_cast<int>(cudaMemsetAsync(static_cast<char*>(args.grad_value_accum) + first * acc_bytes, 0,
+                                              count * acc_bytes, stream));
+    });
+    if (status != cudaSuccess) return status;
     if (per_sample.num_groups > 0) {
       status = dispatch_width<scalar_t>(V, [&](auto width) {
         constexpr int kV = decltype(width)::value;
@@ -840,14 +1188,17 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
               static_cast<const coord_t*>(args.sampling_locations),
               static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),
               static_cast<coord_t*>(args.grad_sampling_locations),
-              static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, per_sample);
+              static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, per_sample, accumulate_levels);
           return static_cast<int>(cudaGetLastError());
         };
         // 2 * sample + 1 (the grad_loc entry) must fit the index type.
         return per_sample.num_groups <= INT32_MAX ? launch(Tag<uint32_t>{}) : launch(Tag<int64_t>{});
       });
     }
-    return status != cudaSuccess ? status : cast_grad_value<scalar_t, acc_t>(args, stream);
+    if (status != cudaSuccess) return status;
+    return for_each_level_run(args, accumulate_levels, [&](int64_t first, int64_t count) {
+      return cast_grad_value<scalar_t, acc_t>(args, first, count, stream);
+    });
   });
 }
 

@@ -109,6 +109,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     args.grad_output = grad_out.data_ptr();
     args.grad_value = grad_value.data_ptr();
     args.grad_value_accum = grad_value_accum.data_ptr();
+    const auto workspace = at::empty({static_cast<int64_t>(msda::backward_cuda_workspace_bytes(args))},
+                                     v.options().dtype(at::kByte));
+    args.backward_workspace = workspace.data_ptr();
     args.grad_sampling_locations = grad_loc.data_ptr();
     args.grad_attention_weights = grad_attn.data_ptr();
     C10_CUDA_CHECK(static_cast<cudaError_t>(
