@@ -7,7 +7,7 @@
 #   aoti     export fp16 CUDA AOTInductor packages (R50, Swin-L @1152x768) and time them with
 #            codetr-detect --benchmark (engine and end-to-end), with and without CUDA graphs
 # Carry .deps (nlohmann/json.hpp: the machine has none). AOTI_PRESETS: the presets `aoti` exports
-# (default R50 and Swin-L); REUSE_EXPORTS=1 times packages an earlier call left in /tmp on a still
+# (default R50 and Swin-L), AOTI_WIDTH/AOTI_HEIGHT their input size (default 1152x768); REUSE_EXPORTS=1 times packages an earlier call left in /tmp on a still
 # warm machine. Logs and JSON go to $OUT.
 # Usage: tools/device/bench_full.sh eager aoti
 set -uo pipefail
@@ -40,11 +40,11 @@ run_compile() {
 }
 run_aoti() {
   for preset in ${AOTI_PRESETS:-co_dino_5scale_r50_8xb2_1x_coco co_dino_5scale_swin_l_16xb1_1x_coco}; do
-    dir=/tmp/engine_$preset
+    dir=/tmp/engine_${preset}_${AOTI_WIDTH:-1152}x${AOTI_HEIGHT:-768}
     echo "== export $preset $(date +%T)"
     if [ "${REUSE_EXPORTS:-0}" = 1 ] && [ -f "$dir/model.pt2" ]; then
       echo "reusing $dir (REUSE_EXPORTS=1)"
-    else python3 -m codetr export --preset "$preset" --device cuda --dtype float16 --height 768 --width 1152 \
+    else python3 -m codetr export --preset "$preset" --device cuda --dtype float16 --height "${AOTI_HEIGHT:-768}" --width "${AOTI_WIDTH:-1152}" \
       --output "$dir" > "$OUT/export_$preset.log" 2>&1 || { tail -30 "$OUT/export_$preset.log"; continue; }
       grep -iE "compil|packag|wrote|s\)" "$OUT/export_$preset.log" | tail -4
     fi
@@ -52,7 +52,7 @@ run_aoti() {
     for graphs in off on; do
       echo "== codetr-detect --benchmark $preset cuda-graphs=$graphs $(date +%T)"
       "$DETECT" --model "$dir" --device cuda --benchmark 100 --cuda-graphs "$graphs" "$IMAGE" 2>&1 \
-        | tee "$OUT/detect_${preset}_graphs_$graphs.log"
+        | tee "$OUT/detect_${preset}_${AOTI_WIDTH:-1152}x${AOTI_HEIGHT:-768}_graphs_$graphs.log"
     done
   done
 }
