@@ -8,7 +8,8 @@
 #            codetr-detect --benchmark (engine and end-to-end), with and without CUDA graphs
 # Carry .deps (nlohmann/json.hpp: the machine has none). AOTI_PRESETS: the presets `aoti` exports
 # (default R50 and Swin-L), AOTI_WIDTH/AOTI_HEIGHT their input size (default 1152x768);
-# REUSE_EXPORTS=1 times packages an earlier call left in /tmp on a still warm machine. Logs and JSON go to $OUT.
+# REUSE_EXPORTS=1 times packages an earlier call left in /tmp on a still warm machine. Logs and
+# JSON go to $OUT.
 # Usage: tools/device/bench_full.sh eager aoti
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
