@@ -108,13 +108,14 @@ def time_stages(model, inputs, warmup, iters):
 
 # Kernel name patterns, first match wins: where the GPU time of a compiled model goes, without
 # module boundaries (Inductor fuses across them).
+# Triton before sort/top-k: Inductor names fused kernels after their ops (e.g. ..._index_select_...).
 KERNEL_CATEGORIES = [
     ("msda", ("ms_deform", "msda")),
     ("attention (fused)", ("flash", "fmha", "attention", "efficient")),
+    ("triton (fused pointwise / reduction)", ("triton",)),
     ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "matmul")),
     ("convolution", ("conv", "implicit", "cudnn", "winograd")),
     ("sort / top-k / scan", ("sort", "topk", "radix", "scan", "select")),
-    ("triton (fused pointwise / reduction)", ("triton",)),
     ("memcpy / memset", ("memcpy", "memset")),
 ]
 
