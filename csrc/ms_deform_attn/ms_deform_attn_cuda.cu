@@ -450,6 +450,13 @@ __global__ void __launch_bounds__(1024) bin_offsets_kernel(TileBins bins) {
   if (threadIdx.x == blockDim.x - 1) bins.offsets[n] = partial[threadIdx.x];
 }
 
+// A corner on a tile pixel's list: a * corner weight, the sample's query, the next record on the
+// list (or -1), and padding to one 16-byte shared load.
+struct alignas(16) TileRecord {
+  float weight;
+  int query, next, padding;
+};
+
 // One block per (b, h, tile). The bin's entries are taken kTileThreads at a time: each corner in
 // the tile becomes a record (weight a * corner weight, query) pushed onto its pixel's list in
 // shared memory with an integer atomicExch (sm_90 has no native shared fp32 atomic add). Then each
@@ -461,13 +468,9 @@ __global__ void __launch_bounds__(kTileThreads)
                            const coord_t* __restrict__ attention_weights, scalar_t* __restrict__ grad_value,
                            const Sizes sizes, const LevelShapes levels, const TileLayout tiles, const TileBins bins) {
   constexpr int kItems = kTileAccumFloats / kTileThreads / C;  // (pixel, C channels) items per thread
-  struct Record {
-    float weight;
-    int query, next, unused;
-  };
   extern __shared__ __align__(16) unsigned char tile_smem[];
-  Record* records = reinterpret_cast<Record*>(tile_smem);                          // [4 * kTileThreads]
-  int* head = reinterpret_cast<int*>(tile_smem + sizeof(Record) * 4 * kTileThreads);  // [tile_pixels]
+  TileRecord* records = reinterpret_cast<TileRecord*>(tile_smem);                          // [4 * kTileThreads]
+  int* head = reinterpret_cast<int*>(tile_smem + sizeof(TileRecord) * 4 * kTileThreads);  // [tile_pixels]
 
   const int H = static_cast<int>(sizes.num_heads), D = static_cast<int>(sizes.head_dim);
   const int L = static_cast<int>(sizes.num_levels), P = static_cast<int>(sizes.num_points);
@@ -509,7 +512,7 @@ __global__ void __launch_bounds__(kTileThreads)
         if (packed & (1 << k)) {
           const int r = 4 * static_cast<int>(threadIdx.x) + k;
           const int px = (s.y0 + k / 2) * width + s.x0 + k % 2 - first_pixel;
-          records[r] = Record{a * corner_weight[k], q, atomicExch(&head[px], r), 0};
+          records[r] = TileRecord{a * corner_weight[k], q, atomicExch(&head[px], r), 0};
         }
       }
     }
@@ -520,7 +523,7 @@ __global__ void __launch_bounds__(kTileThreads)
       const int px = item / chunks, c = (item - px * chunks) * C;
       if (px >= num_pixels) continue;
       for (int r = head[px]; r >= 0;) {
-        const Record rec = records[r];
+        const TileRecord rec = records[r];
         float g[C];
         load_acc<scalar_t, C>(grad_output + ((b * Q + rec.query) * H + h) * D + c, g);
 #pragma unroll
@@ -613,7 +616,7 @@ int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStrea
         coords, sz, args.levels, tiles, bins);
     if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
   }
-  const size_t smem = 16 * 4 * kTileThreads + sizeof(int) * tiles.tile_pixels;  // records, list heads
+  const size_t smem = sizeof(TileRecord) * 4 * kTileThreads + sizeof(int) * tiles.tile_pixels;  // records, heads
   auto kernel = sz.head_dim % 4 == 0 ? grad_value_tile_kernel<scalar_t, coord_t, 4>
                                      : grad_value_tile_kernel<scalar_t, coord_t, 1>;
   kernel<<<static_cast<unsigned int>(bins.num_bins), kTileThreads, smem, stream>>>(

@@ -109,6 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     args.grad_output = grad_out.data_ptr();
     args.grad_value = grad_value.data_ptr();
     args.grad_value_accum = grad_value_accum.data_ptr();
+    // The decoder path's sample bins (0 bytes for other calls).
     const auto workspace = at::empty({static_cast<int64_t>(msda::backward_cuda_workspace_bytes(args))},
                                      v.options().dtype(at::kByte));
     args.backward_workspace = workspace.data_ptr();
