@@ -70,7 +70,8 @@ class WindowMSA(nn.Module):
         qkv = self.qkv(x)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
         if self.cuda_fusions and ops.window_attention_fused(qkv, N, C // self.num_heads):
-            bias = bias.permute(2, 0, 1).contiguous()
+            # .to: a no-op for a half model; under autocast the fp32 table meets an fp16 qkv
+            bias = bias.permute(2, 0, 1).to(qkv.dtype).contiguous()
             return self.proj(ops.window_attention(qkv, bias, regions, self.num_heads, self.scale))
         qkv = qkv.reshape(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
