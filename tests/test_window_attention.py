@@ -189,3 +189,17 @@ def test_cuda_ffn_epilogue_relu_matches_plain_layers(dtype):
     x = torch.randn(2, 500, 256, device="cuda", dtype=dtype)
     ref = x.double() + copy.deepcopy(ffn.layers).double()(x.double())
     assert rel_err(ffn(x), ref.cpu()) <= {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+
+
+@cuda
+@torch.no_grad()
+def test_cuda_fused_path_under_autocast():
+    """An fp32 block under torch.autocast(float16): qkv comes out fp16, the bias table stays fp32;
+    the fused path casts the bias and the result stays close to fp32."""
+    torch.manual_seed(0)
+    block = SwinBlock(embed_dims=64, num_heads=2, hidden=128, window=4, shift=True).eval().cuda()
+    x = torch.randn(2, 8 * 8, 64, device="cuda")
+    ref = block(x, (8, 8))
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = block(x, (8, 8))
+    assert rel_err(out, ref.double().cpu()) <= 5e-3
