@@ -148,6 +148,19 @@ def test_cuda_hot_logits_stay_finite_in_float16():
 
 
 @cuda
+def test_cuda_views_at_odd_element_offsets():
+    """qkv and bias as views one element into a buffer: the kernel's 16-byte and pair loads need
+    aligned data, so the op copies such views first; the result equals the aligned call's."""
+    qkv, bias, regions = make_case(window=4, dtype=torch.float16)
+    qkv, bias, regions = qkv.cuda(), bias.cuda(), regions.cuda()
+    qkv_view = torch.cat([qkv.new_zeros(1), qkv.reshape(-1)])[1:].view(qkv.shape)
+    bias_view = torch.cat([bias.new_zeros(1), bias.reshape(-1)])[1:].view(bias.shape)
+    assert qkv_view.data_ptr() % 4 != 0 and bias_view.data_ptr() % 4 != 0
+    expected = ops.window_attention(qkv, bias, regions, 2, 32 ** -0.5)
+    assert torch.equal(ops.window_attention(qkv_view, bias_view, regions, 2, 32 ** -0.5), expected)
+
+
+@cuda
 def test_cuda_unsupported_calls_are_rejected():
     qkv, bias, regions = make_case(window=7, dtype=torch.float16)
     with pytest.raises(RuntimeError, match=r"needs head_dim = 32 and N = 16, 64 or 144 .* got head_dim = 32, N = 49"):

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "ms_deform_attn/ms_deform_attn.h"
+#include "torch/aligned.h"
 #include "torch/ms_deform_attn_checks.h"
 
 namespace codetr {
@@ -30,11 +31,6 @@ msda::DType to_kernel_dtype(at::ScalarType t) {
 }
 
 // The kernels load value/grad_output rows as 16-byte vectors and each (x, y) pair as one vector.
-// A contiguous tensor is aligned unless it is a view at an odd element offset: copy those.
-at::Tensor aligned_to(const at::Tensor& contiguous, size_t bytes) {
-  const auto address = reinterpret_cast<uintptr_t>(contiguous.const_data_ptr());
-  return address % bytes == 0 ? contiguous : contiguous.clone();
-}
 constexpr size_t kVectorBytes = 16;
 
 void check_cuda(const char* op, const at::Tensor& value, const msda::Sizes& sizes) {

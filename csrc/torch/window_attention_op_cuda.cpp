@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "torch/aligned.h"
 #include "torch/window_attention_checks.h"
 #include "window_attention/window_attention.h"
 
@@ -26,10 +27,9 @@ at::Tensor window_attention_cuda(const at::Tensor& qkv, const at::Tensor& bias,
   TORCH_CHECK(p.windows * p.heads <= INT32_MAX, op, ": num_windows * num_heads = ", p.windows * p.heads,
               " exceeds the kernel's grid");
   const c10::cuda::CUDAGuard device_guard(qkv.device());
-  // 16-byte rows for the kernel's vector loads: a contiguous tensor at an odd offset is copied.
-  auto q = qkv.contiguous();
-  if (reinterpret_cast<uintptr_t>(q.const_data_ptr()) % 16 != 0) q = q.clone();
-  const auto b = bias.contiguous();
+  // The kernel stages qkv rows with 16-byte loads and reads q and bias as element pairs.
+  const auto q = aligned_to(qkv.contiguous(), 16);
+  const auto b = aligned_to(bias.contiguous(), 2 * bias.element_size());
   std::optional<at::Tensor> r;
   if (regions.has_value()) r = regions->contiguous();
   auto out = at::empty({p.windows, p.tokens, p.heads * p.head_dim}, q.options());
