@@ -336,11 +336,11 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // With few samples per (b, h, level) (the decoder: Q = 900 queries x 4 points) and fp16/bf16 values,
 // backward_kernel spends most of the backward on its dense fp32 accumulator: zero-filling it and
 // casting it back cost 62 of 113.5 us on the 768x1152 decoder (H100, 2026-11-24), while the samples
-// touch ~1/3 of its rows. Instead, the large levels are cut into tiles of pixels. Three small kernels sort the
-// samples into per-(b, h, tile) bins (count, prefix sum, scatter; a sample whose corners straddle
-// tiles goes into each); then one block per tile sums its bin's corners in shared memory (fp32)
-// and writes the whole tile of grad_value once, in value's dtype, zeros included: no memset, no
-// global atomics, no cast. A tile's hits are summed by one block, so only levels with few
+// touch ~1/3 of its rows. Instead, the large levels are cut into tiles of pixels. Three small
+// kernels sort the samples into per-(b, h, tile) bins (count, prefix sum, scatter; a sample whose
+// corners straddle tiles goes into each); then one block per tile puts its bin's corners on
+// per-pixel lists in shared memory, sums them in registers (fp32) and writes the whole tile of
+// grad_value once, in value's dtype, zeros included: no memset, no global atomics, no cast. A tile's hits are summed by one block, so only levels with few
 // expected hits per tile are tiled; the small levels keep backward_kernel's atomics into a
 // zero-filled accumulator, which is small for them.
 // Measured (same device, fp16 decoder backward, graph): 94.4 us (5.5x the forward) vs 113.5 dense;
@@ -547,6 +547,11 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
+// Samples on the tiled levels, over all (b, h): the binning kernels' threads.
+int64_t tiled_samples(const Sizes& sz, const TileLayout& tiles) {
+  return sz.batch * sz.num_heads * tiles.num_tiled_levels * sz.num_queries * sz.num_points;
+}
+
 // Which levels grad_value_tile_kernel makes: fp16/bf16 values, few samples per (b, h, level) (their
 // index packs into 27 bits), and on the level few expected corner hits per tile (~4 corners per
 // sample, spread evenly). fp32 values keep the atomics: they need no cast pass, and the tiles were
@@ -574,36 +579,36 @@ bool plan_grad_value_tiles(const CudaArgs& args, TileLayout* tiles) {
   tiles->first_tile[sz.num_levels] = static_cast<int>(total);
   tiles->total_tiles = static_cast<int>(total);
   // Bin entries are int offsets: at most 4 per sample.
-  return total > 0 && sz.batch * sz.num_heads * total <= INT32_MAX &&
-         4 * sz.batch * sz.num_heads * tiles->num_tiled_levels * sz.num_queries * sz.num_points <= INT32_MAX;
+  return total > 0 && sz.batch * sz.num_heads * total <= INT32_MAX && 4 * tiled_samples(sz, *tiles) <= INT32_MAX;
 }
 
-// The bins' place in backward_workspace (16-byte aligned arrays); bytes = their total.
-TileBins tile_bins(const CudaArgs& args, const TileLayout& tiles, size_t* bytes) {
-  const Sizes& sz = args.sizes;
-  const int64_t n = sz.batch * sz.num_heads * tiles.total_tiles;
-  const int64_t capacity = 4 * sz.batch * sz.num_heads * tiles.num_tiled_levels * sz.num_queries * sz.num_points;
+// Where the bins lie in backward_workspace, in ints from its start; every array starts on 16 bytes.
+struct TileBinsPlacement {
+  int64_t num_bins, cursor, offsets, entries, total_ints;
+};
+
+TileBinsPlacement place_tile_bins(const Sizes& sz, const TileLayout& tiles) {
   auto aligned_ints = [](int64_t count) { return (count + 3) / 4 * 4; };
-  int* base = static_cast<int*>(args.backward_workspace);
-  TileBins bins{};
-  bins.num_bins = n;
-  bins.counts = base;
-  bins.cursor = base + aligned_ints(n);
-  bins.offsets = bins.cursor + aligned_ints(n);
-  bins.entries = bins.offsets + aligned_ints(n + 1);
-  *bytes = sizeof(int) * static_cast<size_t>(3 * aligned_ints(n + 1) + capacity);
-  return bins;
+  TileBinsPlacement place{};
+  place.num_bins = sz.batch * sz.num_heads * tiles.total_tiles;
+  place.cursor = aligned_ints(place.num_bins);  // counts start at 0
+  place.offsets = place.cursor + aligned_ints(place.num_bins);
+  place.entries = place.offsets + aligned_ints(place.num_bins + 1);
+  place.total_ints = place.entries + 4 * tiled_samples(sz, tiles);
+  return place;
 }
 
 template <typename scalar_t, typename coord_t>
 int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStream stream) {
   const Sizes& sz = args.sizes;
-  size_t bytes = 0;
-  const TileBins bins = tile_bins(args, tiles, &bytes);
+  const TileBinsPlacement place = place_tile_bins(sz, tiles);
+  int* workspace = static_cast<int*>(args.backward_workspace);
+  const TileBins bins{workspace, workspace + place.cursor, workspace + place.offsets, workspace + place.entries,
+                      place.num_bins};
   int status = static_cast<int>(cudaMemsetAsync(bins.counts, 0, sizeof(int) * bins.num_bins, stream));
   if (status != cudaSuccess) return status;
   const auto coords = static_cast<const coord_t*>(args.sampling_locations);
-  const int64_t samples = sz.batch * sz.num_heads * tiles.num_tiled_levels * sz.num_queries * sz.num_points;
+  const int64_t samples = tiled_samples(sz, tiles);
   if (samples > 0) {
     bin_samples_kernel<coord_t, true><<<blocks_for(samples, kTileThreads), kTileThreads, 0, stream>>>(
         coords, sz, args.levels, tiles, bins);
@@ -1117,9 +1122,7 @@ size_t backward_cuda_workspace_bytes(const CudaArgs& args) {
   EncoderLayout encoder{};
   TileLayout tiles{};
   if (plan_encoder_backward(args, &encoder_V, &encoder) || !plan_grad_value_tiles(args, &tiles)) return 0;
-  size_t bytes = 0;
-  tile_bins(args, tiles, &bytes);
-  return bytes;
+  return sizeof(int) * static_cast<size_t>(place_tile_bins(args.sizes, tiles).total_ints);
 }
 
 int backward_cuda(const CudaArgs& args, CudaStream stream) {
@@ -1174,10 +1177,9 @@ int backward_cuda(const CudaArgs& args, CudaStream stream) {
     }
     // The other levels: atomics into their zero-filled accumulator rows, cast back afterwards.
     const unsigned int accumulate_levels = all_levels & ~tiles.tiled_levels;
-    const size_t acc_bytes = std::is_same_v<acc_t, double> ? 8 : 4;
     status = for_each_level_run(args, accumulate_levels, [&](int64_t first, int64_t count) {
-      return static_cast<int>(cudaMemsetAsync(static_cast<char*>(args.grad_value_accum) + first * acc_bytes, 0,
-                                              count * acc_bytes, stream));
+      return static_cast<int>(cudaMemsetAsync(static_cast<acc_t*>(args.grad_value_accum) + first, 0,
+                                              count * sizeof(acc_t), stream));
     });
     if (status != cudaSuccess) return status;
     if (per_sample.num_groups > 0) {
