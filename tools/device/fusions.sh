@@ -5,8 +5,7 @@
 # eager_fp16,compile_fp16; BENCH_ARGS e.g. --profile for the fused run). Logs go to $OUT.
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
-CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
-  -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+build_op_library
 echo "== pytest"
 python3 -m pytest -q -p no:cacheprovider tests/test_window_attention.py tests/test_swin_fp16.py \
   tests/test_ms_deform_attn.py > "$OUT/pytest.log" 2>&1

@@ -9,8 +9,7 @@ set -uo pipefail
 source "$(dirname "$0")/env.sh"
 LIB=${1:-}
 if [ -z "$LIB" ]; then
-  CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
-    -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  build_op_library
   LIB=$PWD/build-device/csrc/libcodetr_ops.so
 fi
 export CASE=${CASE:-encoder} DTYPE=${DTYPE:-half}

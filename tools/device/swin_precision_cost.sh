@@ -10,8 +10,7 @@
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 OLD_SWIN=${1:?usage: swin_precision_cost.sh OLD_SWIN_PY}
-CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
-  -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+build_op_library
 # The tools put their own checkout's python/ first on sys.path: the previous model runs from a copy
 # of python/ and tools/ with the old swin.py.
 rm -rf /tmp/old_tree && mkdir -p /tmp/old_tree && cp -r python tools /tmp/old_tree/ &&
