@@ -132,11 +132,11 @@ def test_backward_cpu_matches_reference_autograd(dtype):
         assert rel_err(got, want) <= tol, name
 
 
-def backward_pair(levels, dtype, coord_dtype, device, D=32, seed=3, Q=11, P=4, exact=False):
+def backward_pair(levels, dtype, coord_dtype, device, D=32, seed=3, Q=11, P=4, exact=False, H=2):
     """(op gradients on `device`, fp64 reference gradients through grid_sample on the CPU)."""
-    value, loc, attn = make_case(levels, Q=Q, D=D, P=P, dtype=dtype, coord_dtype=coord_dtype, device=device,
+    value, loc, attn = make_case(levels, Q=Q, H=H, D=D, P=P, dtype=dtype, coord_dtype=coord_dtype, device=device,
                                  seed=seed, exact=exact)
-    grad_out = torch.randn(2, Q, 2 * D, generator=torch.Generator().manual_seed(seed + 1),
+    grad_out = torch.randn(2, Q, H * D, generator=torch.Generator().manual_seed(seed + 1),
                            dtype=torch.float64).to(device=device, dtype=dtype)
     inputs = [t.clone().requires_grad_() for t in (value, loc, attn)]
     ms_deform_attn(inputs[0], levels, inputs[1], inputs[2]).backward(grad_out)
@@ -307,13 +307,16 @@ def test_backward_cuda_more_shapes(P, D, Q):
 
 
 @cuda
-def test_backward_cuda_queries_as_many_as_pixels_but_random():
+@pytest.mark.parametrize("H", [2, 5])
+def test_backward_cuda_queries_as_many_as_pixels_but_random(H):
     """Q == S selects the encoder backward kernel even when the queries are not the pixels: with
-    random locations (and batch 2) most corners miss the block windows and are added directly."""
+    random locations (and batch 2) most corners miss the block windows and are added directly.
+    The heads go through in chunks on two streams: H = 5 makes uneven chunks."""
     levels = [(32, 64), (16, 32), (8, 16)]
     S = sum(h * w for h, w in levels)
     for dtype in (torch.float32, torch.float16):
-        grads, ref_grads = backward_pair(levels, dtype, torch.float32, "cuda", D=32, Q=S, P=4, seed=11, exact=True)
+        grads, ref_grads = backward_pair(levels, dtype, torch.float32, "cuda", D=32, Q=S, P=4, seed=11, exact=True,
+                                         H=H)
         for name, got, want in zip(("value", "loc", "attn"), grads, ref_grads):
             assert rel_err(got, want) <= CUDA_GRAD_TOL[dtype], (dtype, name)
 
@@ -476,3 +479,36 @@ def test_cuda_graph_capture_and_replay():
     graph.replay()
     torch.cuda.synchronize()
     assert rel_err(out, reference(new_value, FIVE_LEVELS, new_loc, new_attn)) <= 2e-3
+
+
+@cuda
+@pytest.mark.parametrize("Q", [50, 8064], ids=["decoder_like", "encoder_like"])
+def test_cuda_graph_capture_of_the_two_stream_backward(Q):
+    """The fp16 backward forks a second stream and joins it back into the calling one: with few
+    queries it makes the large levels by output tiles there; with Q == S (the encoder kernel) it
+    alternates head chunks between the streams. Captured in a CUDA graph on a non-default stream,
+    every branch must land in the graph: a replay with new inputs gives their gradients."""
+    levels = [(64, 96), (32, 48), (16, 24)]
+    H, D = 4, 32
+    backward_pair(levels, torch.float16, torch.float32, "cuda", Q=Q, H=H)  # warm up outside the capture
+    case = dict(B=2, Q=Q, H=H, D=D, dtype=torch.float16, coord_dtype=torch.float32, device="cuda", exact=True)
+    value, loc, attn = make_case(levels, seed=4, **case)
+    grad_out = torch.randn(2, Q, H * D, device="cuda", dtype=torch.float16)
+    flat = [v for hw in levels for v in hw]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            grads = torch.ops.codetr.ms_deform_attn_backward(grad_out, value, flat, loc, attn)
+    torch.cuda.current_stream().wait_stream(stream)
+    new_value, new_loc, new_attn = make_case(levels, seed=9, **case)
+    new_grad_out = torch.randn_like(grad_out)
+    for t, new in zip((value, loc, attn, grad_out), (new_value, new_loc, new_attn, new_grad_out)):
+        t.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    inputs = [t.cpu().double().requires_grad_() for t in (new_value, new_loc, new_attn)]
+    ms_deform_attn_pytorch(inputs[0], levels, inputs[1], inputs[2]).backward(new_grad_out.cpu().double())
+    for name, got, ref_input in zip(("value", "loc", "attn"), grads, inputs):
+        assert rel_err(got, ref_input.grad) <= CUDA_GRAD_TOL[torch.float16], name

@@ -96,9 +96,24 @@ struct CudaArgs {
 
 #ifdef __CUDACC__
 using CudaStream = cudaStream_t;
+using CudaEvent = cudaEvent_t;
 #else
 using CudaStream = struct CUstream_st*;
+using CudaEvent = struct CUevent_st*;
 #endif
+
+// A second stream for the independent parts of a backward call: the decoder path runs its binning
+// and output tiles there beside grad_loc/grad_attn and the small levels; the encoder path alternates
+// its head chunks (zero-fill, kernel, cast) between the two streams. backward_cuda
+// records `fork` on its main stream and makes `stream` wait for it, and before returning records
+// `join` on `stream` and makes the main stream wait for it: work queued on the main stream after
+// the call sees every result, and a CUDA graph capture of the call gets two joined branches.
+// Events should be created with cudaEventDisableTiming. All null: everything on the main stream.
+struct CudaSideStream {
+  CudaStream stream = nullptr;
+  CudaEvent fork = nullptr;
+  CudaEvent join = nullptr;
+};
 
 // Channels per thread the CUDA kernels would use for this head_dim/dtype, or 0 when the head_dim
 // is not supported (it must split into at most 32 lanes of 1, 2, 4 or 8 channels, <= 16 bytes).
@@ -106,7 +121,7 @@ int cuda_channels_per_thread(int64_t head_dim, DType value_dtype);
 
 // Launch on `stream`; return the launch's error code (cudaSuccess == 0), never synchronise.
 int forward_cuda(const CudaArgs& args, CudaStream stream);
-int backward_cuda(const CudaArgs& args, CudaStream stream);
+int backward_cuda(const CudaArgs& args, CudaStream stream, const CudaSideStream& side = {});
 // Bytes of CudaArgs::backward_workspace the backward of these sizes/levels/dtypes needs (may be 0).
 size_t backward_cuda_workspace_bytes(const CudaArgs& args);
 

@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <unordered_map>
+
 #include "ms_deform_attn/ms_deform_attn.h"
 #include "torch/aligned.h"
 #include "torch/ms_deform_attn_checks.h"
@@ -57,6 +59,24 @@ msda::CudaArgs operand_args(const at::Tensor& value, const at::Tensor& sampling_
   args.sizes = problem.sizes;
   args.levels = problem.levels;
   return args;
+}
+
+// A pool stream and two events for backward_cuda's independent branch. The events are created once
+// per thread and device and reused: a wait takes the event's latest record at the time it is
+// queued, and under CUDA graph capture a record/wait pair only becomes a dependency edge. Every
+// tensor the branch touches was allocated on the current stream, which waits for the branch to
+// finish before anything after the op, so the caching allocator needs no record_stream.
+msda::CudaSideStream side_stream(c10::DeviceIndex device) {
+  struct Events {
+    cudaEvent_t fork = nullptr, join = nullptr;
+  };
+  thread_local std::unordered_map<c10::DeviceIndex, Events> events;
+  Events& e = events[device];
+  if (e.fork == nullptr) {
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.fork, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.join, cudaEventDisableTiming));
+  }
+  return {c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device).stream(), e.fork, e.join};
 }
 
 at::Tensor ms_deform_attn_cuda(const at::Tensor& value, at::IntArrayRef spatial_shapes,
@@ -112,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     args.grad_sampling_locations = grad_loc.data_ptr();
     args.grad_attention_weights = grad_attn.data_ptr();
     C10_CUDA_CHECK(static_cast<cudaError_t>(
-        msda::backward_cuda(args, at::cuda::getCurrentCUDAStream().stream())));
+        msda::backward_cuda(args, at::cuda::getCurrentCUDAStream().stream(), side_stream(value.get_device()))));
   } else {
     grad_value.zero_();
     grad_loc.zero_();
