@@ -102,9 +102,9 @@ using CudaStream = struct CUstream_st*;
 using CudaEvent = struct CUevent_st*;
 #endif
 
-// A second stream for the independent parts of a backward call: the decoder path runs its binning
-// and output tiles there beside grad_loc/grad_attn and the small levels; the encoder path alternates
-// its head chunks (zero-fill, kernel, cast) between the two streams. backward_cuda
+// A second stream for the independent parts of a backward call (the decoder path: binning and
+// output tiles there, beside grad_loc/grad_attn and the small levels on the main stream; other
+// calls leave it unused). backward_cuda
 // records `fork` on its main stream and makes `stream` wait for it, and before returning records
 // `join` on `stream` and makes the main stream wait for it: work queued on the main stream after
 // the call sees every result, and a CUDA graph capture of the call gets two joined branches.

@@ -30,6 +30,11 @@ namespace cg = cooperative_groups;
 // 768x1152 encoder in fp16 (416 vs 372 us) and starved the Q=900 decoder of blocks (27 vs 15 us).
 constexpr int kForwardThreadsPerBlock = 256;
 constexpr int kBackwardThreadsPerBlock = 256;
+// Bytes of value per lane and corner in backward_kernel (see plan()).
+#ifndef CODETR_MSDA_BACKWARD_LANE_BYTES
+#define CODETR_MSDA_BACKWARD_LANE_BYTES 8
+#endif
+constexpr size_t kBackwardLaneBytes = CODETR_MSDA_BACKWARD_LANE_BYTES;
 
 unsigned int blocks_for(int64_t threads, int threads_per_block) {
   return static_cast<unsigned int>((threads + threads_per_block - 1) / threads_per_block);
@@ -320,27 +325,18 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
   }
 }
 
-// grad_value = the fp32 accumulator cast to value's dtype, over columns [col_begin, col_begin + cols)
-// of `rows` rows of row_stride elements (all of a contiguous range: one row), C elements per thread.
-struct CastRange {
-  int64_t first;  // element offset of the first row
-  int64_t rows, row_stride, col_begin, cols;
-};
-
+// grad_value = the fp32 accumulator cast to value's dtype, C elements per thread.
 template <typename scalar_t, typename acc_t, int C>
 __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
     cast_grad_value_kernel(const acc_t* __restrict__ grad_value_accum, scalar_t* __restrict__ grad_value,
-                           const CastRange range) {
+                           int64_t num_chunks) {
   const int64_t chunk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t chunks_per_row = range.cols / C;
-  if (chunk >= range.rows * chunks_per_row) return;
-  const int64_t row = chunk / chunks_per_row;
-  const int64_t offset = range.first + row * range.row_stride + range.col_begin + (chunk - row * chunks_per_row) * C;
-  const Vec<acc_t, C> in = *reinterpret_cast<const Vec<acc_t, C>*>(grad_value_accum + offset);
+  if (chunk >= num_chunks) return;
+  const Vec<acc_t, C> in = reinterpret_cast<const Vec<acc_t, C>*>(grad_value_accum)[chunk];
   Vec<scalar_t, C> out;
 #pragma unroll
   for (int i = 0; i < C; ++i) out.v[i] = from_acc<scalar_t>(in.v[i]);
-  *reinterpret_cast<Vec<scalar_t, C>*>(grad_value + offset) = out;
+  reinterpret_cast<Vec<scalar_t, C>*>(grad_value)[chunk] = out;
 }
 
 // ---- decoder backward: grad_value gathered per output tile ---------------------------------------
@@ -690,7 +686,6 @@ constexpr int kEncoderGradOutBytes = 16384;
 struct EncoderLayout {
   int queries_per_block;  // Qb
   int64_t blocks_per_head;
-  int first_head, num_heads;  // the heads one launch covers (backward_cuda pipelines head chunks)
 };
 
 struct alignas(16) Window {  // 16-byte aligned: one shared-memory load per level
@@ -782,11 +777,11 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
   int* touched = reinterpret_cast<int*>(encoder_smem + shared.touched);
   int* touched_count = reinterpret_cast<int*>(encoder_smem + shared.touched_count);
 
-  const int64_t bh = blockIdx.x / layout.blocks_per_head;  // over (b, the launch's heads)
+  const int64_t bh = blockIdx.x / layout.blocks_per_head;
   const int64_t q_begin = (blockIdx.x % layout.blocks_per_head) * Qb;
   const int64_t q_last = min(q_begin + Qb, Q) - 1;
-  const int64_t b = bh / layout.num_heads;
-  const int h = layout.first_head + static_cast<int>(bh % layout.num_heads);
+  const int64_t b = bh / H;
+  const int h = static_cast<int>(bh % H);
   const int t = threadIdx.x;
   for (int i = t; i < Qb * D; i += kEncoderThreads) {
     const int64_t q = q_begin + i / D;
@@ -1087,8 +1082,6 @@ bool plan_encoder_backward(const CudaArgs& args, int* V, EncoderLayout* layout) 
   layout->queries_per_block = static_cast<int>(std::min<int64_t>(
       kEncoderSamples / sz.num_points, std::max<int64_t>(1, kEncoderGradOutBytes / (4 * sz.head_dim))));
   layout->blocks_per_head = (sz.num_queries + layout->queries_per_block - 1) / layout->queries_per_block;
-  layout->first_head = 0;
-  layout->num_heads = static_cast<int>(sz.num_heads);
   return sz.batch * sz.num_heads * layout->blocks_per_head <= INT32_MAX;
 }
 
@@ -1120,19 +1113,19 @@ int for_each_level_run(const CudaArgs& args, unsigned int level_mask, F&& f) {
   return static_cast<int>(cudaSuccess);
 }
 
-// grad_value = the fp32 accumulator cast to value's dtype over `range` (see CastRange).
+// grad_value = the fp32 accumulator cast to value's dtype, for elements [first, first + count).
 template <typename scalar_t, typename acc_t>
-int cast_grad_value(const CudaArgs& args, const CastRange& range, CudaStream stream) {
-  if (args.grad_value == args.grad_value_accum || range.rows * range.cols == 0) return static_cast<int>(cudaSuccess);
+int cast_grad_value(const CudaArgs& args, int64_t first, int64_t count, CudaStream stream) {
+  if (args.grad_value == args.grad_value_accum || count == 0) return static_cast<int>(cudaSuccess);
   auto launch = [&](auto chunk) {
     constexpr int kC = decltype(chunk)::value;
-    cast_grad_value_kernel<scalar_t, acc_t, kC>
-        <<<blocks_for(range.rows * (range.cols / kC), kBackwardThreadsPerBlock), kBackwardThreadsPerBlock, 0,
-           stream>>>(static_cast<const acc_t*>(args.grad_value_accum), static_cast<scalar_t*>(args.grad_value), range);
+    cast_grad_value_kernel<scalar_t, acc_t, kC><<<blocks_for(count / kC, kBackwardThreadsPerBlock),
+                                                   kBackwardThreadsPerBlock, 0, stream>>>(
+        static_cast<const acc_t*>(args.grad_value_accum) + first, static_cast<scalar_t*>(args.grad_value) + first,
+        count / kC);
     return static_cast<int>(cudaGetLastError());
   };
-  const bool by4 = (range.first | range.row_stride | range.col_begin | range.cols) % 4 == 0;
-  return by4 ? launch(Width<4>{}) : launch(Width<1>{});
+  return first % 4 == 0 && count % 4 == 0 ? launch(Width<4>{}) : launch(Width<1>{});
 }
 
 // Whether backward_cuda uses the caller's side stream (tools/device/msda_variants.sh times both).
@@ -1140,11 +1133,6 @@ int cast_grad_value(const CudaArgs& args, const CastRange& range, CudaStream str
 #define CODETR_MSDA_SIDE_STREAM 1
 #endif
 constexpr bool kUseSideStream = CODETR_MSDA_SIDE_STREAM != 0;
-// Head chunks of the encoder backward's pipeline over the two streams.
-#ifndef CODETR_MSDA_ENCODER_HEAD_CHUNKS
-#define CODETR_MSDA_ENCODER_HEAD_CHUNKS 4
-#endif
-constexpr int kEncoderHeadChunks = CODETR_MSDA_ENCODER_HEAD_CHUNKS;
 
 int fork_side_stream(const CudaSideStream& side, CudaStream stream) {
   int status = static_cast<int>(cudaEventRecord(side.fork, stream));
@@ -1176,7 +1164,7 @@ int backward_cuda(const CudaArgs& args, CudaStream stream, const CudaSideStream&
   const size_t accum_bytes = static_cast<size_t>(elements) * (args.value_dtype == DType::kFloat64 ? 8 : 4);
   int V = 0;
   GroupLayout layout{};
-  if (!plan(args, {args.value, args.grad_output}, 8, &V, &layout)) {
+  if (!plan(args, {args.value, args.grad_output}, kBackwardLaneBytes, &V, &layout)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (accum_bytes == 0) return static_cast<int>(cudaSuccess);
@@ -1190,44 +1178,24 @@ int backward_cuda(const CudaArgs& args, CudaStream stream, const CudaSideStream&
     int status = static_cast<int>(cudaSuccess);
     if constexpr (std::is_same_v<acc_t, float>) {
       if (use_encoder_kernel) {
-        // Zero-fill, kernel and cast per chunk of heads (each head's grad_value columns are its own),
-        // the chunks alternating between the main and the side stream: one chunk's zero-fill and
-        // cast overlap another chunk's kernel instead of running alone before and after it.
-        const int chunks = kUseSideStream && side.stream != nullptr
-                               ? static_cast<int>(std::min<int64_t>(kEncoderHeadChunks, sz.num_heads)) : 1;
-        const bool forked = chunks > 1;
-        if (forked && (status = fork_side_stream(side, stream)) != cudaSuccess) return status;
-        const int64_t row = sz.num_heads * sz.head_dim;
-        for (int c = 0; c < chunks && status == cudaSuccess; ++c) {
-          const CudaStream chunk_stream = c % 2 == 1 ? side.stream : stream;
-          EncoderLayout chunk = encoder;
-          chunk.first_head = static_cast<int>(c * sz.num_heads / chunks);
-          chunk.num_heads = static_cast<int>((c + 1) * sz.num_heads / chunks) - chunk.first_head;
-          const int64_t col_begin = chunk.first_head * sz.head_dim, cols = chunk.num_heads * sz.head_dim;
-          status = static_cast<int>(cudaMemset2DAsync(static_cast<float*>(args.grad_value_accum) + col_begin,
-                                                      sizeof(float) * row, 0, sizeof(float) * cols,
-                                                      sz.batch * sz.num_value, chunk_stream));
-          if (status != cudaSuccess) break;
-          status = dispatch_width<scalar_t>(encoder_V, [&](auto width) {
-            constexpr int kV = decltype(width)::value;
-            const int Qb = chunk.queries_per_block;
-            const int D = static_cast<int>(sz.head_dim);
-            const size_t smem = EncoderShared(Qb, D, Qb * static_cast<int>(sz.num_points)).bytes;
-            const int64_t blocks = sz.batch * chunk.num_heads * chunk.blocks_per_head;
-            encoder_backward_kernel<scalar_t, coord_t, kV>
-                <<<static_cast<unsigned int>(blocks), kEncoderThreads, smem, chunk_stream>>>(
-                static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
-                static_cast<const coord_t*>(args.sampling_locations),
-                static_cast<const coord_t*>(args.attention_weights), static_cast<float*>(args.grad_value_accum),
-                static_cast<coord_t*>(args.grad_sampling_locations),
-                static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, chunk);
-            return static_cast<int>(cudaGetLastError());
-          });
-          if (status != cudaSuccess) break;
-          status = cast_grad_value<scalar_t, acc_t>(args, CastRange{0, sz.batch * sz.num_value, row, col_begin, cols},
-                                                    chunk_stream);
-        }
-        return forked ? join_side_stream(side, stream, status) : status;
+        status = static_cast<int>(cudaMemsetAsync(args.grad_value_accum, 0, accum_bytes, stream));
+        if (status != cudaSuccess) return status;
+        status = dispatch_width<scalar_t>(encoder_V, [&](auto width) {
+          constexpr int kV = decltype(width)::value;
+          const int Qb = encoder.queries_per_block;
+          const int D = static_cast<int>(sz.head_dim);
+          const size_t smem = EncoderShared(Qb, D, Qb * static_cast<int>(sz.num_points)).bytes;
+          const int64_t blocks = sz.batch * sz.num_heads * encoder.blocks_per_head;
+          encoder_backward_kernel<scalar_t, coord_t, kV>
+              <<<static_cast<unsigned int>(blocks), kEncoderThreads, smem, stream>>>(
+              static_cast<const scalar_t*>(args.grad_output), static_cast<const scalar_t*>(args.value),
+              static_cast<const coord_t*>(args.sampling_locations),
+              static_cast<const coord_t*>(args.attention_weights), static_cast<float*>(args.grad_value_accum),
+              static_cast<coord_t*>(args.grad_sampling_locations),
+              static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, encoder);
+          return static_cast<int>(cudaGetLastError());
+        });
+        return status != cudaSuccess ? status : cast_grad_value<scalar_t, acc_t>(args, 0, elements, stream);
       }
     }
     GroupLayout per_sample = layout;
@@ -1258,7 +1226,7 @@ int backward_cuda(const CudaArgs& args, CudaStream stream, const CudaSideStream&
       });
       if (result != cudaSuccess) return result;
       return for_each_level_run(args, accumulate_levels, [&](int64_t first, int64_t count) {
-        return cast_grad_value<scalar_t, acc_t>(args, CastRange{first, 1, count, 0, count}, stream);
+        return cast_grad_value<scalar_t, acc_t>(args, first, count, stream);
       });
     };
     const unsigned int all_levels = sz.num_levels >= 32 ? ~0u : (1u << sz.num_levels) - 1u;

@@ -76,7 +76,10 @@ msda::CudaSideStream side_stream(c10::DeviceIndex device) {
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.fork, cudaEventDisableTiming));
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.join, cudaEventDisableTiming));
   }
-  return {c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device).stream(), e.fork, e.join};
+#ifndef CODETR_MSDA_SIDE_PRIORITY_HIGH
+#define CODETR_MSDA_SIDE_PRIORITY_HIGH 0
+#endif
+  return {c10::cuda::getStreamFromPool(CODETR_MSDA_SIDE_PRIORITY_HIGH != 0, device).stream(), e.fork, e.join};
 }
 
 at::Tensor ms_deform_attn_cuda(const at::Tensor& value, at::IntArrayRef spatial_shapes,

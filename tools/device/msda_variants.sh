@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): build the MSDA op library once per tuning variant (compile
-# definitions for csrc/ms_deform_attn/ms_deform_attn_cuda.cu, i.e. #ifndef-guarded tuning
-# constants), run the MSDA CUDA tests on the first variant, then benchmark every variant on the same
-# inputs in this one call (variants are only comparable within one run). Logs go to $OUT.
+# definitions for the CUDA and C++ sources, i.e. #ifndef-guarded tuning constants), run the MSDA
+# CUDA tests on the first variant, then benchmark every variant on the same inputs in this one call
+# (variants are only comparable within one run). Logs go to $OUT.
 # Usage: tools/device/msda_variants.sh NAME=NVCC_DEFINES ...
 #   e.g. tools/device/msda_variants.sh default= slots2048=-DCODETR_MSDA_BACKWARD_WINDOW_SLOTS=2048
 #   (knobs of the experiment branch experiment/msda-backward-window; see BENCHMARKS.md)
@@ -16,7 +16,7 @@ for spec in "$@"; do
   name=${spec%%=*} defines=${spec#*=}
   names+=("$name")
   (cmake -S . -B "build-variant-$name" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCODETR_BUILD_RUNTIME=OFF \
-     -DCODETR_BUILD_TESTS=OFF "-DCMAKE_CUDA_FLAGS=$defines" &&
+     -DCODETR_BUILD_TESTS=OFF "-DCMAKE_CUDA_FLAGS=$defines" "-DCMAKE_CXX_FLAGS=$defines" &&
    cmake --build "build-variant-$name" --target codetr_ops --parallel 4) > "$OUT/build-$name.log" 2>&1 &
 done
 wait
