@@ -32,7 +32,7 @@ constexpr int kForwardThreadsPerBlock = 256;
 constexpr int kBackwardThreadsPerBlock = 256;
 // Bytes of value per lane and corner in backward_kernel (see plan()).
 #ifndef CODETR_MSDA_BACKWARD_LANE_BYTES
-#define CODETR_MSDA_BACKWARD_LANE_BYTES 8
+#define CODETR_MSDA_BACKWARD_LANE_BYTES 16
 #endif
 constexpr size_t kBackwardLaneBytes = CODETR_MSDA_BACKWARD_LANE_BYTES;
 
@@ -344,8 +344,8 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // With few samples per (b, h, level) (the decoder: Q = 900 queries x 4 points) and fp16/bf16 values,
 // backward_kernel spends most of the backward on its dense fp32 accumulator: zero-filling it and
 // casting it back cost 62 of 113.5 us on the 768x1152 decoder (H100, 2026-11-24), while the samples
-// touch ~1/3 of its rows. Instead, the large levels are cut into tiles of pixels. Three small
-// kernels sort the samples into per-(b, h, tile) bins (count, prefix sum, scatter; a sample whose
+// touch ~1/3 of its rows. Instead, the large levels are cut into tiles of pixels. Two small
+// kernels sort the samples into per-(b, h, tile) bins (count, then scatter; a sample whose
 // corners straddle tiles goes into each); then one block per tile puts its bin's corners on
 // per-pixel lists in shared memory, sums them in registers (fp32) and writes the whole tile of
 // grad_value once, in value's dtype, zeros included: no memset, no global atomics, no cast. A tile's hits are summed by one block, so only levels with few
@@ -360,6 +360,7 @@ constexpr int kTileThreads = 256;
 constexpr int kTileMaxSamples = 16384;   // Q*P per (b, h, level) up to which tiles are considered
 constexpr int kTileAccumFloats = 8192;   // fp32 sums per block (in registers): tile pixels = this / D
 constexpr int kTileMaxHits = 512;        // expected corner hits per tile up to which a level is tiled
+constexpr int kTileMaxTilesPerHead = 8192;
 
 struct TileLayout {
   int tile_pixels;
@@ -370,14 +371,17 @@ struct TileLayout {
   int tiled_level[kMaxLevels];     // the tiled levels, in order
 };
 
-// The bins: counts[n] and cursor[n] per (b, h, tile), offsets[n + 1], then the entries, each
-// (i << 4) | corner mask with i = q * P + p the sample within its (b, h, level).
+// The bins, per (b, h): counts[t] and cursor[t] per tile, offsets[t + 1] (written by the scatter),
+// and room for entries_per_head entries (4 per sample, the most a sample can make), each
+// (i << 4) | corner mask with i = q * P + p the sample within its (b, h, level). Arrays are indexed
+// by bh * total_tiles + t, offsets by bh * (total_tiles + 1) + t, entries from bh * entries_per_head.
 struct TileBins {
   int* counts;
   int* cursor;
   int* offsets;
   int* entries;
   int64_t num_bins;
+  int entries_per_head;
 };
 
 // Calls f(tile, corner mask) once per tile that corners of sample i = q * P + p of (b, h, level l)
@@ -406,61 +410,72 @@ __device__ __forceinline__ void for_each_tile_of_sample(const coord_t* sampling_
   }
 }
 
-// Thread per sample of the tiled levels: kCount counts its bins' entries, else writes them.
+// offsets[0 .. n] = exclusive prefix sum of counts[0 .. n) (offsets[n] = the total), by one block.
+__device__ void block_exclusive_scan(const int* counts, int n, int* offsets) {
+  __shared__ int warp_sums[kTileThreads / 32];
+  const int per_thread = (n + kTileThreads - 1) / kTileThreads;
+  const int begin = min(n, static_cast<int>(threadIdx.x) * per_thread), end = min(n, begin + per_thread);
+  int sum = 0;
+  for (int k = begin; k < end; ++k) sum += counts[k];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int inclusive = sum;
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += up;
+  }
+  if (lane == 31) warp_sums[warp] = inclusive;
+  __syncthreads();
+  int running = inclusive - sum;
+  for (int w = 0; w < warp; ++w) running += warp_sums[w];
+  for (int k = begin; k < end; ++k) {
+    offsets[k] = running;
+    running += counts[k];
+  }
+  if (threadIdx.x == kTileThreads - 1) offsets[n] = running;
+}
+
+// Thread per sample of the tiled levels of (b, h) = blockIdx.y: kCount counts its bins' entries;
+// else (after the count) writes them, each block first scanning its (b, h)'s counts itself, and
+// block 0 of each (b, h) storing the offsets for the tile kernel. That leaves no separate
+// prefix-sum launch between the two passes.
 template <typename coord_t, bool kCount>
 __global__ void __launch_bounds__(kTileThreads)
     bin_samples_kernel(const coord_t* __restrict__ sampling_locations, const Sizes sizes, const LevelShapes levels,
                        const TileLayout tiles, TileBins bins) {
+  extern __shared__ int bin_offsets[];  // [total_tiles + 1], scatter pass only
   const int Q = static_cast<int>(sizes.num_queries), P = static_cast<int>(sizes.num_points);
   const int H = static_cast<int>(sizes.num_heads), L = static_cast<int>(sizes.num_levels);
-  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t bh = blockIdx.y;
+  const int T = tiles.total_tiles;
+  if constexpr (!kCount) {
+    block_exclusive_scan(bins.counts + bh * T, T, bin_offsets);
+    __syncthreads();
+    if (blockIdx.x == 0) {
+      for (int t = threadIdx.x; t <= T; t += kTileThreads) bins.offsets[bh * (T + 1) + t] = bin_offsets[t];
+    }
+  }
   const int64_t per_level = static_cast<int64_t>(Q) * P;
-  if (thread >= sizes.batch * H * tiles.num_tiled_levels * per_level) return;
-  const int i = static_cast<int>(thread % per_level);
-  const int64_t rest = thread / per_level;
-  const int l = tiles.tiled_level[rest % tiles.num_tiled_levels];
-  const int64_t bh = rest / tiles.num_tiled_levels;
+  const int64_t sample = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // within (b, h)
+  if (sample >= tiles.num_tiled_levels * per_level) return;
+  const int i = static_cast<int>(sample % per_level);
+  const int l = tiles.tiled_level[sample / per_level];
   const int h = static_cast<int>(bh % H);
   const int64_t b = bh / H;
   const int q = i / P, p = i - q * P;
   const int64_t entry = ((b * Q + q) * H + h) * L * P + l * P + p;
   for_each_tile_of_sample(sampling_locations, entry, l, levels, tiles, [&](int tile, int mask) {
     // One atomic per bin and warp: a query's points, and neighbouring queries, share bins.
-    const auto peers = cg::labeled_partition(cg::coalesced_threads(),
-                                             static_cast<unsigned int>(bh * tiles.total_tiles + tile));
-    const int64_t bin = bh * tiles.total_tiles + tile;
+    const auto peers = cg::labeled_partition(cg::coalesced_threads(), static_cast<unsigned int>(tile));
+    const int64_t bin = bh * T + tile;
     if constexpr (kCount) {
       if (peers.thread_rank() == 0) atomicAdd(&bins.counts[bin], static_cast<int>(peers.size()));
     } else {
       int base = 0;
       if (peers.thread_rank() == 0) base = atomicAdd(&bins.cursor[bin], static_cast<int>(peers.size()));
-      bins.entries[peers.shfl(base, 0) + peers.thread_rank()] = (i << 4) | mask;
+      bins.entries[bh * bins.entries_per_head + bin_offsets[tile] + peers.shfl(base, 0) + peers.thread_rank()] =
+          (i << 4) | mask;
     }
   });
-}
-
-// One block: offsets = exclusive prefix sum of counts (and cursor = offsets[0 .. n)).
-__global__ void __launch_bounds__(1024) bin_offsets_kernel(TileBins bins) {
-  __shared__ int partial[1024];
-  const int64_t n = bins.num_bins;
-  const int64_t per_thread = (n + blockDim.x - 1) / blockDim.x;
-  const int64_t begin = threadIdx.x * per_thread, end = min(n, begin + per_thread);
-  int sum = 0;
-  for (int64_t k = begin; k < end; ++k) sum += bins.counts[k];
-  partial[threadIdx.x] = sum;
-  __syncthreads();
-  for (int offset = 1; offset < blockDim.x; offset <<= 1) {  // inclusive scan of the partials
-    const int add = threadIdx.x >= offset ? partial[threadIdx.x - offset] : 0;
-    __syncthreads();
-    partial[threadIdx.x] += add;
-    __syncthreads();
-  }
-  int running = partial[threadIdx.x] - sum;
-  for (int64_t k = begin; k < end; ++k) {
-    bins.offsets[k] = bins.cursor[k] = running;
-    running += bins.counts[k];
-  }
-  if (threadIdx.x == blockDim.x - 1) bins.offsets[n] = partial[threadIdx.x];
 }
 
 // A corner on a tile pixel's list: a * corner weight, the sample's query, the next record on the
@@ -506,14 +521,15 @@ __global__ void __launch_bounds__(kTileThreads)
 #pragma unroll
     for (int j = 0; j < C; ++j) sum[k][j] = 0.f;
   }
-  const int first_entry = bins.offsets[bin];
-  const int num_entries = bins.offsets[bin + 1] - first_entry;
+  const int* offsets = bins.offsets + bh * (tiles.total_tiles + 1) + tile;
+  const int* bin_entries = bins.entries + bh * bins.entries_per_head + offsets[0];
+  const int num_entries = offsets[1] - offsets[0];
   for (int base = 0; base < num_entries; base += kTileThreads) {
     for (int px = threadIdx.x; px < num_pixels; px += blockDim.x) head[px] = -1;
     __syncthreads();
     const int e = base + static_cast<int>(threadIdx.x);
     if (e < num_entries) {
-      const int packed = bins.entries[first_entry + e];
+      const int packed = bin_entries[e];
       const int i = packed >> 4, q = i / P, p = i - q * P;
       const int64_t entry = ((b * Q + q) * H + h) * L * P + l * P + p;
       const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * entry);
@@ -560,11 +576,6 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-// Samples on the tiled levels, over all (b, h): the binning kernels' threads.
-int64_t tiled_samples(const Sizes& sz, const TileLayout& tiles) {
-  return sz.batch * sz.num_heads * tiles.num_tiled_levels * sz.num_queries * sz.num_points;
-}
-
 // Which levels grad_value_tile_kernel makes: fp16/bf16 values, few samples per (b, h, level) (their
 // index packs into 27 bits), and on the level few expected corner hits per tile (~4 corners per
 // sample, spread evenly). fp32 values keep the atomics: they need no cast pass, and the tiles were
@@ -572,7 +583,11 @@ int64_t tiled_samples(const Sizes& sz, const TileLayout& tiles) {
 bool plan_grad_value_tiles(const CudaArgs& args, TileLayout* tiles) {
   const Sizes& sz = args.sizes;
   *tiles = TileLayout{};
-  const bool half_value = args.value_dtype == DType::kFloat16 || args.value_dtype == DType::kBFloat16;
+#ifndef CODETR_MSDA_TILES_FP32
+#define CODETR_MSDA_TILES_FP32 0
+#endif
+  const bool half_value = args.value_dtype == DType::kFloat16 || args.value_dtype == DType::kBFloat16 ||
+                          (CODETR_MSDA_TILES_FP32 && args.value_dtype == DType::kFloat32);
   if (!half_value || sz.num_queries * sz.num_points > kTileMaxSamples ||
       sz.head_dim > kTileAccumFloats || sz.num_levels > kMaxLevels) {
     return false;
@@ -591,23 +606,27 @@ bool plan_grad_value_tiles(const CudaArgs& args, TileLayout* tiles) {
   }
   tiles->first_tile[sz.num_levels] = static_cast<int>(total);
   tiles->total_tiles = static_cast<int>(total);
-  // Bin entries are int offsets: at most 4 per sample.
-  return total > 0 && sz.batch * sz.num_heads * total <= INT32_MAX && 4 * tiled_samples(sz, *tiles) <= INT32_MAX;
+  // The binning grid has a y block per (b, h), and its scatter scans a (b, h)'s bin counts in shared
+  // memory. (A (b, h)'s bin entries, at most 4 per sample, are few enough for int offsets.)
+  return total > 0 && total <= kTileMaxTilesPerHead && sz.batch * sz.num_heads <= 65535;
 }
 
 // Where the bins lie in backward_workspace, in ints from its start; every array starts on 16 bytes.
 struct TileBinsPlacement {
   int64_t num_bins, cursor, offsets, entries, total_ints;
+  int entries_per_head;
 };
 
 TileBinsPlacement place_tile_bins(const Sizes& sz, const TileLayout& tiles) {
   auto aligned_ints = [](int64_t count) { return (count + 3) / 4 * 4; };
   TileBinsPlacement place{};
-  place.num_bins = sz.batch * sz.num_heads * tiles.total_tiles;
+  const int64_t heads = sz.batch * sz.num_heads;
+  place.num_bins = heads * tiles.total_tiles;
   place.cursor = aligned_ints(place.num_bins);  // counts start at 0
   place.offsets = place.cursor + aligned_ints(place.num_bins);
-  place.entries = place.offsets + aligned_ints(place.num_bins + 1);
-  place.total_ints = place.entries + 4 * tiled_samples(sz, tiles);
+  place.entries = place.offsets + aligned_ints(heads * (tiles.total_tiles + 1));
+  place.entries_per_head = static_cast<int>(4 * tiles.num_tiled_levels * sz.num_queries * sz.num_points);
+  place.total_ints = place.entries + heads * place.entries_per_head;
   return place;
 }
 
@@ -617,23 +636,18 @@ int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStrea
   const TileBinsPlacement place = place_tile_bins(sz, tiles);
   int* workspace = static_cast<int*>(args.backward_workspace);
   const TileBins bins{workspace, workspace + place.cursor, workspace + place.offsets, workspace + place.entries,
-                      place.num_bins};
-  int status = static_cast<int>(cudaMemsetAsync(bins.counts, 0, sizeof(int) * bins.num_bins, stream));
+                      place.num_bins, place.entries_per_head};
+  // counts and cursor start at 0.
+  int status = static_cast<int>(cudaMemsetAsync(bins.counts, 0, sizeof(int) * place.offsets, stream));
   if (status != cudaSuccess) return status;
   const auto coords = static_cast<const coord_t*>(args.sampling_locations);
-  const int64_t samples = tiled_samples(sz, tiles);
-  if (samples > 0) {
-    bin_samples_kernel<coord_t, true><<<blocks_for(samples, kTileThreads), kTileThreads, 0, stream>>>(
-        coords, sz, args.levels, tiles, bins);
-    if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
-  }
-  bin_offsets_kernel<<<1, 1024, 0, stream>>>(bins);
+  const dim3 bin_grid(blocks_for(tiles.num_tiled_levels * sz.num_queries * sz.num_points, kTileThreads),
+                      static_cast<unsigned int>(sz.batch * sz.num_heads));
+  bin_samples_kernel<coord_t, true><<<bin_grid, kTileThreads, 0, stream>>>(coords, sz, args.levels, tiles, bins);
   if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
-  if (samples > 0) {
-    bin_samples_kernel<coord_t, false><<<blocks_for(samples, kTileThreads), kTileThreads, 0, stream>>>(
-        coords, sz, args.levels, tiles, bins);
-    if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
-  }
+  bin_samples_kernel<coord_t, false><<<bin_grid, kTileThreads, sizeof(int) * (tiles.total_tiles + 1), stream>>>(
+      coords, sz, args.levels, tiles, bins);
+  if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
   const size_t smem = sizeof(TileRecord) * 4 * kTileThreads + sizeof(int) * tiles.tile_pixels;  // records, heads
   auto kernel = sz.head_dim % 4 == 0 ? grad_value_tile_kernel<scalar_t, coord_t, 4>
                                      : grad_value_tile_kernel<scalar_t, coord_t, 1>;

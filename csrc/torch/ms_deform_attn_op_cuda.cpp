@@ -77,7 +77,7 @@ msda::CudaSideStream side_stream(c10::DeviceIndex device) {
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.join, cudaEventDisableTiming));
   }
 #ifndef CODETR_MSDA_SIDE_PRIORITY_HIGH
-#define CODETR_MSDA_SIDE_PRIORITY_HIGH 0
+#define CODETR_MSDA_SIDE_PRIORITY_HIGH 1
 #endif
   return {c10::cuda::getStreamFromPool(CODETR_MSDA_SIDE_PRIORITY_HIGH != 0, device).stream(), e.fork, e.join};
 }
