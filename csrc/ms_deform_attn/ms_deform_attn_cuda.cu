@@ -358,10 +358,7 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // tile kernel alone: they compile to compare-and-swap loops).
 constexpr int kTileThreads = 256;
 constexpr int kTileMaxSamples = 16384;   // Q*P per (b, h, level) up to which tiles are considered
-#ifndef CODETR_MSDA_TILE_FLOATS
-#define CODETR_MSDA_TILE_FLOATS 8192
-#endif
-constexpr int kTileAccumFloats = CODETR_MSDA_TILE_FLOATS;  // fp32 sums per block (in registers): tile pixels = this / D
+constexpr int kTileAccumFloats = 8192;   // fp32 sums per block (in registers): tile pixels = this / D
 constexpr int kTileMaxHits = 512;        // expected corner hits per tile up to which a level is tiled
 constexpr int kTileMaxTilesPerHead = 8192;
 
@@ -481,62 +478,31 @@ __global__ void __launch_bounds__(kTileThreads)
   });
 }
 
-// A corner on a tile pixel's list: a * corner weight, the slot of its sample's grad_output row in
-// shared memory, the next record on the list (or -1), and padding to one 16-byte shared load.
+// A corner on a tile pixel's list: a * corner weight, the sample's query, the next record on the
+// list (or -1), and padding to one 16-byte shared load.
 struct alignas(16) TileRecord {
   float weight;
-  int slot, next, padding;
+  int query, next, padding;
 };
 
-// Bytes of grad_output rows a tile block stages in shared memory per round of entries.
-constexpr int kTileGradOutBytes = 16384;
-// Resident tile blocks per SM the registers must allow (4: at most 64 registers per thread).
-#ifndef CODETR_MSDA_TILE_MIN_BLOCKS
-#define CODETR_MSDA_TILE_MIN_BLOCKS 4
-#endif
-constexpr int kTileMinBlocks = CODETR_MSDA_TILE_MIN_BLOCKS;
-
-// Entries one round of grad_value_tile_kernel takes: one per thread, as many grad_output rows as fit.
-__host__ __device__ inline int tile_round_entries(int64_t head_dim, size_t elem) {
-  const int64_t fit = kTileGradOutBytes / (head_dim * static_cast<int64_t>(elem));
-  return static_cast<int>(fit < kTileThreads ? fit : kTileThreads);
-}
-
-// Shared memory of grad_value_tile_kernel: records [4 * R] | grad_output rows [R][D] | list heads
-// [tile_pixels], R = tile_round_entries.
-struct TileShared {
-  size_t rows, heads, bytes;
-  __host__ __device__ TileShared(int64_t head_dim, size_t elem, int tile_pixels) {
-    const int R = tile_round_entries(head_dim, elem);
-    rows = sizeof(TileRecord) * 4 * R;
-    heads = rows + (static_cast<size_t>(R) * head_dim * elem + 15) / 16 * 16;
-    bytes = heads + sizeof(int) * tile_pixels;
-  }
-};
-
-// One block per (b, h, tile). The bin's entries are taken R at a time, a thread each: it copies its
-// sample's grad_output row into shared memory, and each of the sample's corners in the tile becomes
-// a record (weight a * corner weight, row slot) pushed onto its pixel's list with an integer
-// atomicExch (sm_90 has no native shared fp32 atomic add). Then each thread walks the lists of the
-// (pixel, C channels) items it owns and adds weight * grad_output into registers, reading shared
-// memory only: no float atomics, no global loads that wait on the lists, and each output element
-// is written once at the end.
+// One block per (b, h, tile). The bin's entries are taken kTileThreads at a time: each corner in
+// the tile becomes a record (weight a * corner weight, query) pushed onto its pixel's list in
+// shared memory with an integer atomicExch (sm_90 has no native shared fp32 atomic add). Then each
+// thread walks the lists of the (pixel, C channels) items it owns and adds weight * grad_output
+// into registers: no float atomics, and each output element is written once at the end.
 template <typename scalar_t, typename coord_t, int C>
-__global__ void __launch_bounds__(kTileThreads, kTileMinBlocks)
+__global__ void __launch_bounds__(kTileThreads)
     grad_value_tile_kernel(const scalar_t* __restrict__ grad_output, const coord_t* __restrict__ sampling_locations,
                            const coord_t* __restrict__ attention_weights, scalar_t* __restrict__ grad_value,
                            const Sizes sizes, const LevelShapes levels, const TileLayout tiles, const TileBins bins) {
   constexpr int kItems = kTileAccumFloats / kTileThreads / C;  // (pixel, C channels) items per thread
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  TileRecord* records = reinterpret_cast<TileRecord*>(tile_smem);                          // [4 * kTileThreads]
+  int* head = reinterpret_cast<int*>(tile_smem + sizeof(TileRecord) * 4 * kTileThreads);  // [tile_pixels]
+
   const int H = static_cast<int>(sizes.num_heads), D = static_cast<int>(sizes.head_dim);
   const int L = static_cast<int>(sizes.num_levels), P = static_cast<int>(sizes.num_points);
   const int Q = static_cast<int>(sizes.num_queries);
-  const int R = tile_round_entries(D, sizeof(scalar_t));
-  const TileShared layout(D, sizeof(scalar_t), tiles.tile_pixels);
-  extern __shared__ __align__(16) unsigned char tile_smem[];
-  TileRecord* records = reinterpret_cast<TileRecord*>(tile_smem);
-  scalar_t* rows = reinterpret_cast<scalar_t*>(tile_smem + layout.rows);
-  int* head = reinterpret_cast<int*>(tile_smem + layout.heads);
-
   const int64_t bin = blockIdx.x;
   const int tile = static_cast<int>(bin % tiles.total_tiles);
   const int64_t bh = bin / tiles.total_tiles;
@@ -558,34 +524,24 @@ __global__ void __launch_bounds__(kTileThreads, kTileMinBlocks)
   const int* offsets = bins.offsets + bh * (tiles.total_tiles + 1) + tile;
   const int* bin_entries = bins.entries + bh * bins.entries_per_head + offsets[0];
   const int num_entries = offsets[1] - offsets[0];
-  for (int base = 0; base < num_entries; base += R) {
+  for (int base = 0; base < num_entries; base += kTileThreads) {
     for (int px = threadIdx.x; px < num_pixels; px += blockDim.x) head[px] = -1;
     __syncthreads();
-    const int slot = static_cast<int>(threadIdx.x);
-    if (slot < R && base + slot < num_entries) {
-      const int packed = bin_entries[base + slot];
+    const int e = base + static_cast<int>(threadIdx.x);
+    if (e < num_entries) {
+      const int packed = bin_entries[e];
       const int i = packed >> 4, q = i / P, p = i - q * P;
       const int64_t entry = ((b * Q + q) * H + h) * L * P + l * P + p;
       const Vec<coord_t, 2> xy = *reinterpret_cast<const Vec<coord_t, 2>*>(sampling_locations + 2 * entry);
-      const float a = to_acc<float>(attention_weights[entry]);
-      const scalar_t* row = grad_output + ((b * Q + q) * H + h) * D;
-      scalar_t* row_copy = rows + slot * D;
-      constexpr int kRowVec = 16 / sizeof(scalar_t);  // 16-byte copies when rows are 16-byte aligned
-      if (D % kRowVec == 0) {
-        for (int c = 0; c < D; c += kRowVec) {
-          *reinterpret_cast<Vec<scalar_t, kRowVec>*>(row_copy + c) = *reinterpret_cast<const Vec<scalar_t, kRowVec>*>(row + c);
-        }
-      } else {
-        for (int c = 0; c < D; ++c) row_copy[c] = row[c];
-      }
       const auto s = make_bilinear_sample<float>(to_acc<float>(xy.v[0]), to_acc<float>(xy.v[1]), height, width);
+      const float a = to_acc<float>(attention_weights[entry]);
       const float corner_weight[4] = {(1 - s.fx) * (1 - s.fy), s.fx * (1 - s.fy), (1 - s.fx) * s.fy, s.fx * s.fy};
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         if (packed & (1 << k)) {
-          const int r = 4 * slot + k;
+          const int r = 4 * static_cast<int>(threadIdx.x) + k;
           const int px = (s.y0 + k / 2) * width + s.x0 + k % 2 - first_pixel;
-          records[r] = TileRecord{a * corner_weight[k], slot * D, atomicExch(&head[px], r), 0};
+          records[r] = TileRecord{a * corner_weight[k], q, atomicExch(&head[px], r), 0};
         }
       }
     }
@@ -598,13 +554,13 @@ __global__ void __launch_bounds__(kTileThreads, kTileMinBlocks)
       for (int r = head[px]; r >= 0;) {
         const TileRecord rec = records[r];
         float g[C];
-        load_acc<scalar_t, C>(rows + rec.slot + c, g);
+        load_acc<scalar_t, C>(grad_output + ((b * Q + rec.query) * H + h) * D + c, g);
 #pragma unroll
         for (int j = 0; j < C; ++j) sum[k][j] += rec.weight * g[j];
         r = rec.next;
       }
     }
-    __syncthreads();  // before the next round resets the lists and rows
+    __syncthreads();  // before the next batch resets the lists
   }
   const int64_t row_stride = static_cast<int64_t>(H) * D;
   scalar_t* out = grad_value + (b * sizes.num_value + levels.start[l] + first_pixel) * row_stride + h * D;
@@ -627,7 +583,11 @@ __global__ void __launch_bounds__(kTileThreads, kTileMinBlocks)
 bool plan_grad_value_tiles(const CudaArgs& args, TileLayout* tiles) {
   const Sizes& sz = args.sizes;
   *tiles = TileLayout{};
-  const bool half_value = args.value_dtype == DType::kFloat16 || args.value_dtype == DType::kBFloat16;
+#ifndef CODETR_MSDA_TILES_FP32
+#define CODETR_MSDA_TILES_FP32 0
+#endif
+  const bool half_value = args.value_dtype == DType::kFloat16 || args.value_dtype == DType::kBFloat16 ||
+                          (CODETR_MSDA_TILES_FP32 && args.value_dtype == DType::kFloat32);
   if (!half_value || sz.num_queries * sz.num_points > kTileMaxSamples ||
       sz.head_dim > kTileAccumFloats || sz.num_levels > kMaxLevels) {
     return false;
@@ -688,7 +648,7 @@ int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStrea
   bin_samples_kernel<coord_t, false><<<bin_grid, kTileThreads, sizeof(int) * (tiles.total_tiles + 1), stream>>>(
       coords, sz, args.levels, tiles, bins);
   if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
-  const size_t smem = TileShared(sz.head_dim, sizeof(scalar_t), tiles.tile_pixels).bytes;
+  const size_t smem = sizeof(TileRecord) * 4 * kTileThreads + sizeof(int) * tiles.tile_pixels;  // records, heads
   auto kernel = sz.head_dim % 4 == 0 ? grad_value_tile_kernel<scalar_t, coord_t, 4>
                                      : grad_value_tile_kernel<scalar_t, coord_t, 1>;
   kernel<<<static_cast<unsigned int>(bins.num_bins), kTileThreads, smem, stream>>>(
@@ -1286,7 +1246,7 @@ int backward_cuda(const CudaArgs& args, CudaStream stream, const CudaSideStream&
     const unsigned int all_levels = sz.num_levels >= 32 ? ~0u : (1u << sz.num_levels) - 1u;
     TileLayout tiles{};
     bool forked = false;
-    if constexpr (std::is_same_v<scalar_t, __half> || std::is_same_v<scalar_t, __nv_bfloat16>) {
+    if constexpr (std::is_same_v<acc_t, float>) {
       if (plan_grad_value_tiles(args, &tiles)) {
         // The tiles share no buffer with the rest below: with a side stream they run beside it.
         forked = kUseSideStream && side.stream != nullptr;
