@@ -348,11 +348,17 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // kernels sort the samples into per-(b, h, tile) bins (count, then scatter; a sample whose
 // corners straddle tiles goes into each); then one block per tile puts its bin's corners on
 // per-pixel lists in shared memory, sums them in registers (fp32) and writes the whole tile of
-// grad_value once, in value's dtype, zeros included: no memset, no global atomics, no cast. A tile's hits are summed by one block, so only levels with few
-// expected hits per tile are tiled; the small levels keep backward_kernel's atomics into a
-// zero-filled accumulator, which is small for them.
+// grad_value once, in value's dtype, zeros included: no memset, no global atomics, no cast. A
+// tile's hits are summed by one block, so only levels with few expected hits per tile are tiled;
+// the small levels keep backward_kernel's atomics into a zero-filled accumulator, which is small
+// for them.
 // Measured (same device, fp16 decoder backward, graph): 94.4 us (5.5x the forward) vs 113.5 dense;
 // per call: tile kernel 29, backward_kernel 34, binning 20, memset + cast of the small levels 6.
+// Then (session 5) the binning and the tiles moved to the caller's side stream, beside
+// backward_kernel, and the binning to two launches: 75-78 us, vs 88-90 on one stream in the same runs.
+// Tried and dropped then: staging each round's grad_output rows in shared memory (64 registers,
+// 78.1 vs 76.2 us), 128-pixel tiles (90.7 us), one group per (b, q, h, level) in backward_kernel
+// (77.1 vs 75.4 us).
 // Tried first: every tile block scanning all of its level's samples itself, without bins (207 us:
 // 15 dependent rounds per block), and summing in shared memory with float atomics (48 us for the
 // tile kernel alone: they compile to compare-and-swap loops).
@@ -579,15 +585,11 @@ __global__ void __launch_bounds__(kTileThreads)
 // Which levels grad_value_tile_kernel makes: fp16/bf16 values, few samples per (b, h, level) (their
 // index packs into 27 bits), and on the level few expected corner hits per tile (~4 corners per
 // sample, spread evenly). fp32 values keep the atomics: they need no cast pass, and the tiles were
-// slower for them (H100, decoder: 116 vs 88.8 us).
+// slower for them (H100, decoder: 116 vs 88.8 us; 80.3 vs 75.9 us with the side stream).
 bool plan_grad_value_tiles(const CudaArgs& args, TileLayout* tiles) {
   const Sizes& sz = args.sizes;
   *tiles = TileLayout{};
-#ifndef CODETR_MSDA_TILES_FP32
-#define CODETR_MSDA_TILES_FP32 0
-#endif
-  const bool half_value = args.value_dtype == DType::kFloat16 || args.value_dtype == DType::kBFloat16 ||
-                          (CODETR_MSDA_TILES_FP32 && args.value_dtype == DType::kFloat32);
+  const bool half_value = args.value_dtype == DType::kFloat16 || args.value_dtype == DType::kBFloat16;
   if (!half_value || sz.num_queries * sz.num_points > kTileMaxSamples ||
       sz.head_dim > kTileAccumFloats || sz.num_levels > kMaxLevels) {
     return false;
@@ -1017,9 +1019,10 @@ size_t dtype_size(DType t) {
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 // Widest V the pointers' alignment allows, then lanes = next power of two >= D/V.
-// max_lane_bytes: the forward reads 16 bytes per lane and corner; the backward takes at most 8 (4
-// channels for fp16/bf16), which doubles its threads: its time goes into grad_value atomics, whose
-// latency more threads hide better.
+// max_lane_bytes: 16 for the forward; kBackwardLaneBytes for the backward, also 16 since its
+// decoder calls moved their large levels to output tiles. 8 (twice the threads, to hide the latency
+// of grad_value atomics) was faster when every corner went through atomics; on the H100 (session 5,
+// decoder, side stream) 16 took fp32 from 85.4 to 73.8 us and fp16 from 81.9 to 80.1 us.
 bool plan(const CudaArgs& args, std::initializer_list<const void*> vector_pointers, size_t max_lane_bytes,
           int* V, GroupLayout* layout) {
   const size_t elem = dtype_size(args.value_dtype);
