@@ -366,7 +366,7 @@ constexpr int kTileThreads = 256;
 constexpr int kTileMaxSamples = 16384;   // Q*P per (b, h, level) up to which tiles are considered
 constexpr int kTileAccumFloats = 8192;   // fp32 sums per block (in registers): tile pixels = this / D
 constexpr int kTileMaxHits = 512;        // expected corner hits per tile up to which a level is tiled
-constexpr int kTileMaxTilesPerHead = 8192;
+constexpr int kTileMaxTilesPerHead = 8192;  // the scatter keeps a (b, h)'s bin offsets in shared memory
 
 struct TileLayout {
   int tile_pixels;
