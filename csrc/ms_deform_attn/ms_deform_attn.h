@@ -102,18 +102,16 @@ using CudaStream = struct CUstream_st*;
 using CudaEvent = struct CUevent_st*;
 #endif
 
-// A second stream for the independent parts of a backward call (the decoder path: binning and the
-// large levels' output tiles there, beside grad_loc/grad_attn and the small levels on the main
-// stream; other calls leave it unused). backward_cuda records `fork` on its main stream and makes
-// `stream` wait for it; records `ready` on `stream` once the bins are written, for the main stream
-// to wait on; and before returning records `join` on `stream` and makes the main stream wait for
-// it: work queued on the main stream after the call sees every result, and a CUDA graph capture of
-// the call gets joined branches. Events should be created with cudaEventDisableTiming. All null:
-// everything on the main stream.
+// A second stream for the independent parts of a backward call (the decoder path: binning and
+// output tiles there, beside grad_loc/grad_attn and the small levels on the main stream; other
+// calls leave it unused). backward_cuda
+// records `fork` on its main stream and makes `stream` wait for it, and before returning records
+// `join` on `stream` and makes the main stream wait for it: work queued on the main stream after
+// the call sees every result, and a CUDA graph capture of the call gets two joined branches.
+// Events should be created with cudaEventDisableTiming. All null: everything on the main stream.
 struct CudaSideStream {
   CudaStream stream = nullptr;
   CudaEvent fork = nullptr;
-  CudaEvent ready = nullptr;
   CudaEvent join = nullptr;
 };
 

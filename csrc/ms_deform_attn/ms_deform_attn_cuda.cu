@@ -349,10 +349,9 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // corners straddle tiles goes into each); then one block per tile puts its bin's corners on
 // per-pixel lists in shared memory, sums them in registers (fp32) and writes the whole tile of
 // grad_value once, in value's dtype, zeros included: no memset, no global atomics, no cast. A
-// tile's hits are summed by one block, so that is only for levels with few expected hits per tile.
-// The small levels' tiles are summed in rounds of kTileThreads entries, one block per round, each
-// adding its sums to a zero-filled fp32 accumulator (one vector atomic per reached pixel and 4
-// channels, instead of backward_kernel's one per corner), which is then cast back.
+// tile's hits are summed by one block, so only levels with few expected hits per tile are tiled;
+// the small levels keep backward_kernel's atomics into a zero-filled accumulator, which is small
+// for them.
 // Measured (same device, fp16 decoder backward, graph): 94.4 us (5.5x the forward) vs 113.5 dense;
 // per call: tile kernel 29, backward_kernel 34, binning 20, memset + cast of the small levels 6.
 // Then (session 5) the binning and the tiles moved to the caller's side stream, beside
@@ -368,11 +367,6 @@ constexpr int kTileMaxSamples = 16384;   // Q*P per (b, h, level) up to which ti
 constexpr int kTileAccumFloats = 8192;   // fp32 sums per block (in registers): tile pixels = this / D
 constexpr int kTileMaxHits = 512;        // expected corner hits per tile up to which a level is tiled
 constexpr int kTileMaxTilesPerHead = 8192;  // the scatter keeps a (b, h)'s bin offsets in shared memory
-// Whether levels with many hits per tile get accumulating tiles (else backward_kernel's atomics).
-#ifndef CODETR_MSDA_TILE_SMALL_LEVELS
-#define CODETR_MSDA_TILE_SMALL_LEVELS 1
-#endif
-constexpr bool kTileSmallLevels = CODETR_MSDA_TILE_SMALL_LEVELS != 0;
 
 struct TileLayout {
   int tile_pixels;
@@ -381,13 +375,6 @@ struct TileLayout {
   unsigned int tiled_levels;       // bit l: level l is made here
   int num_tiled_levels;
   int tiled_level[kMaxLevels];     // the tiled levels, in order
-  // Levels with many hits per tile (after all the others in level order): their tiles, from
-  // first_accumulate_tile on, are summed in rounds of kTileThreads entries by one block per round,
-  // each adding its sums to the fp32 accumulator with atomics. max_rounds bounds a bin's rounds
-  // (a sample makes at most one entry per tile).
-  unsigned int accumulate_levels;
-  int first_accumulate_tile;
-  int max_rounds;
 };
 
 // The bins, per (b, h): counts[t] and cursor[t] per tile, offsets[t + 1] (written by the scatter),
@@ -504,26 +491,16 @@ struct alignas(16) TileRecord {
   int query, next, padding;
 };
 
-// The tiles one launch of grad_value_tile_kernel covers: [first_tile, first_tile + num_tiles) of
-// every (b, h), `rounds` blocks per tile.
-struct TileLaunch {
-  int first_tile, num_tiles, rounds;
-};
-
-// One block per (b, h, tile), or with kAccumulate per (b, h, tile, round). The bin's entries are
-// taken kTileThreads at a time (kAccumulate: the block's round only): each corner in the tile
-// becomes a record (weight a * corner weight, query) pushed onto its pixel's list in shared memory
-// with an integer atomicExch (sm_90 has no native shared fp32 atomic add). Then each thread walks
-// the lists of the (pixel, C channels) items it owns and adds weight * grad_output into registers:
-// no float atomics. At the end the block writes its whole tile of grad_value once, zeros included;
-// with kAccumulate it adds the sums of the pixels its round reached to the fp32 accumulator
-// instead, one vector atomic per (pixel, C channels).
-template <typename scalar_t, typename coord_t, int C, bool kAccumulate>
+// One block per (b, h, tile). The bin's entries are taken kTileThreads at a time: each corner in
+// the tile becomes a record (weight a * corner weight, query) pushed onto its pixel's list in
+// shared memory with an integer atomicExch (sm_90 has no native shared fp32 atomic add). Then each
+// thread walks the lists of the (pixel, C channels) items it owns and adds weight * grad_output
+// into registers: no float atomics, and each output element is written once at the end.
+template <typename scalar_t, typename coord_t, int C>
 __global__ void __launch_bounds__(kTileThreads)
     grad_value_tile_kernel(const scalar_t* __restrict__ grad_output, const coord_t* __restrict__ sampling_locations,
                            const coord_t* __restrict__ attention_weights, scalar_t* __restrict__ grad_value,
-                           float* __restrict__ grad_value_accum, const Sizes sizes, const LevelShapes levels,
-                           const TileLayout tiles, const TileBins bins, const TileLaunch launch) {
+                           const Sizes sizes, const LevelShapes levels, const TileLayout tiles, const TileBins bins) {
   constexpr int kItems = kTileAccumFloats / kTileThreads / C;  // (pixel, C channels) items per thread
   extern __shared__ __align__(16) unsigned char tile_smem[];
   TileRecord* records = reinterpret_cast<TileRecord*>(tile_smem);                          // [4 * kTileThreads]
@@ -532,18 +509,9 @@ __global__ void __launch_bounds__(kTileThreads)
   const int H = static_cast<int>(sizes.num_heads), D = static_cast<int>(sizes.head_dim);
   const int L = static_cast<int>(sizes.num_levels), P = static_cast<int>(sizes.num_points);
   const int Q = static_cast<int>(sizes.num_queries);
-  const int round = static_cast<int>(blockIdx.x % launch.rounds);
-  const int64_t block_tile = blockIdx.x / launch.rounds;
-  const int tile = launch.first_tile + static_cast<int>(block_tile % launch.num_tiles);
-  const int64_t bh = block_tile / launch.num_tiles;
-  const int* offsets = bins.offsets + bh * (tiles.total_tiles + 1) + tile;
-  const int* bin_entries = bins.entries + bh * bins.entries_per_head + offsets[0];
-  int num_entries = offsets[1] - offsets[0];
-  if constexpr (kAccumulate) {
-    bin_entries += round * kTileThreads;
-    num_entries = min(num_entries - round * kTileThreads, kTileThreads);
-    if (num_entries <= 0) return;  // the bin has fewer rounds (the whole block leaves together)
-  }
+  const int64_t bin = blockIdx.x;
+  const int tile = static_cast<int>(bin % tiles.total_tiles);
+  const int64_t bh = bin / tiles.total_tiles;
   const int h = static_cast<int>(bh % H);
   const int64_t b = bh / H;
   int l = 0;
@@ -554,13 +522,14 @@ __global__ void __launch_bounds__(kTileThreads)
   const int chunks = D / C;
 
   float sum[kItems][C];
-  bool reached[kItems];  // kAccumulate: whether the item's pixel got a record
 #pragma unroll
   for (int k = 0; k < kItems; ++k) {
-    reached[k] = false;
 #pragma unroll
     for (int j = 0; j < C; ++j) sum[k][j] = 0.f;
   }
+  const int* offsets = bins.offsets + bh * (tiles.total_tiles + 1) + tile;
+  const int* bin_entries = bins.entries + bh * bins.entries_per_head + offsets[0];
+  const int num_entries = offsets[1] - offsets[0];
   for (int base = 0; base < num_entries; base += kTileThreads) {
     for (int px = threadIdx.x; px < num_pixels; px += blockDim.x) head[px] = -1;
     __syncthreads();
@@ -588,7 +557,6 @@ __global__ void __launch_bounds__(kTileThreads)
       const int item = static_cast<int>(threadIdx.x) + k * kTileThreads;
       const int px = item / chunks, c = (item - px * chunks) * C;
       if (px >= num_pixels) continue;
-      if constexpr (kAccumulate) reached[k] = head[px] >= 0;
       for (int r = head[px]; r >= 0;) {
         const TileRecord rec = records[r];
         float g[C];
@@ -600,28 +568,23 @@ __global__ void __launch_bounds__(kTileThreads)
     }
     __syncthreads();  // before the next batch resets the lists
   }
-  const int64_t row_first = (b * sizes.num_value + levels.start[l] + first_pixel) * static_cast<int64_t>(H) * D + h * D;
   const int64_t row_stride = static_cast<int64_t>(H) * D;
+  scalar_t* out = grad_value + (b * sizes.num_value + levels.start[l] + first_pixel) * row_stride + h * D;
 #pragma unroll
   for (int k = 0; k < kItems; ++k) {
     const int item = static_cast<int>(threadIdx.x) + k * kTileThreads;
     const int px = item / chunks, c = (item - px * chunks) * C;
     if (px >= num_pixels) continue;
-    const int64_t offset = row_first + px * row_stride + c;
-    if constexpr (kAccumulate) {
-      if (reached[k]) atomic_add_vec<C>(grad_value_accum + offset, sum[k]);
-    } else {
-      Vec<scalar_t, C> v;
+    Vec<scalar_t, C> v;
 #pragma unroll
-      for (int j = 0; j < C; ++j) v.v[j] = from_acc<scalar_t>(sum[k][j]);
-      *reinterpret_cast<Vec<scalar_t, C>*>(grad_value + offset) = v;
-    }
+    for (int j = 0; j < C; ++j) v.v[j] = from_acc<scalar_t>(sum[k][j]);
+    *reinterpret_cast<Vec<scalar_t, C>*>(out + px * row_stride + c) = v;
   }
 }
 
 // Which levels grad_value_tile_kernel makes: fp16/bf16 values, few samples per (b, h, level) (their
-// index packs into 27 bits); writing tiles for levels with few expected corner hits per tile (~4
-// corners per sample, spread evenly), accumulating tiles for the others. fp32 values keep the atomics: they need no cast pass, and the tiles were
+// index packs into 27 bits), and on the level few expected corner hits per tile (~4 corners per
+// sample, spread evenly). fp32 values keep the atomics: they need no cast pass, and the tiles were
 // slower for them (H100, decoder: 116 vs 88.8 us; 80.3 vs 75.9 us with the side stream).
 bool plan_grad_value_tiles(const CudaArgs& args, TileLayout* tiles) {
   const Sizes& sz = args.sizes;
@@ -633,30 +596,21 @@ bool plan_grad_value_tiles(const CudaArgs& args, TileLayout* tiles) {
   }
   tiles->tile_pixels = static_cast<int>(kTileAccumFloats / sz.head_dim);
   int64_t total = 0;
-  tiles->first_accumulate_tile = -1;
   for (int l = 0; l < sz.num_levels; ++l) {
     tiles->first_tile[l] = static_cast<int>(total);
     const int64_t pixels = static_cast<int64_t>(args.levels.height[l]) * args.levels.width[l];
     const int64_t tile_pixels = std::min<int64_t>(tiles->tile_pixels, pixels);
-    const bool few_hits = 4 * sz.num_queries * sz.num_points * tile_pixels <= kTileMaxHits * pixels;
-    // Once a level takes accumulating tiles, the later ones do too: those tiles must be the last.
-    const bool accumulate = kTileSmallLevels && (!few_hits || tiles->first_accumulate_tile >= 0);
-    if (few_hits || accumulate) {
-      if (accumulate && tiles->first_accumulate_tile < 0) tiles->first_accumulate_tile = static_cast<int>(total);
+    if (4 * sz.num_queries * sz.num_points * tile_pixels <= kTileMaxHits * pixels) {
       tiles->tiled_levels |= 1u << l;
-      if (accumulate) tiles->accumulate_levels |= 1u << l;
       tiles->tiled_level[tiles->num_tiled_levels++] = l;
       total += (pixels + tiles->tile_pixels - 1) / tiles->tile_pixels;
     }
   }
   tiles->first_tile[sz.num_levels] = static_cast<int>(total);
   tiles->total_tiles = static_cast<int>(total);
-  if (tiles->first_accumulate_tile < 0) tiles->first_accumulate_tile = tiles->total_tiles;
-  tiles->max_rounds = static_cast<int>((sz.num_queries * sz.num_points + kTileThreads - 1) / kTileThreads);
   // The binning grid has a y block per (b, h), and its scatter scans a (b, h)'s bin counts in shared
   // memory. (A (b, h)'s bin entries, at most 4 per sample, are few enough for int offsets.)
-  return total > 0 && total <= kTileMaxTilesPerHead && sz.batch * sz.num_heads <= 65535 &&
-         sz.batch * sz.num_heads * total * tiles->max_rounds <= INT32_MAX;
+  return total > 0 && total <= kTileMaxTilesPerHead && sz.batch * sz.num_heads <= 65535;
 }
 
 // Where the bins lie in backward_workspace, in ints from its start; every array starts on 16 bytes.
@@ -678,20 +632,15 @@ TileBinsPlacement place_tile_bins(const Sizes& sz, const TileLayout& tiles) {
   return place;
 }
 
-TileBins tile_bins(const CudaArgs& args, const TileLayout& tiles) {
-  const TileBinsPlacement place = place_tile_bins(args.sizes, tiles);
-  int* workspace = static_cast<int*>(args.backward_workspace);
-  return TileBins{workspace, workspace + place.cursor, workspace + place.offsets, workspace + place.entries,
-                  place.num_bins, place.entries_per_head};
-}
-
-// Sorts the tiled levels' samples into their bins (zero-fill, count, scatter).
-template <typename coord_t>
-int bin_samples(const CudaArgs& args, const TileLayout& tiles, CudaStream stream) {
+template <typename scalar_t, typename coord_t>
+int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStream stream) {
   const Sizes& sz = args.sizes;
-  const TileBins bins = tile_bins(args, tiles);
+  const TileBinsPlacement place = place_tile_bins(sz, tiles);
+  int* workspace = static_cast<int*>(args.backward_workspace);
+  const TileBins bins{workspace, workspace + place.cursor, workspace + place.offsets, workspace + place.entries,
+                      place.num_bins, place.entries_per_head};
   // counts and cursor start at 0.
-  int status = static_cast<int>(cudaMemsetAsync(bins.counts, 0, sizeof(int) * (bins.offsets - bins.counts), stream));
+  int status = static_cast<int>(cudaMemsetAsync(bins.counts, 0, sizeof(int) * place.offsets, stream));
   if (status != cudaSuccess) return status;
   const auto coords = static_cast<const coord_t*>(args.sampling_locations);
   const dim3 bin_grid(blocks_for(tiles.num_tiled_levels * sz.num_queries * sz.num_points, kTileThreads),
@@ -700,25 +649,13 @@ int bin_samples(const CudaArgs& args, const TileLayout& tiles, CudaStream stream
   if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
   bin_samples_kernel<coord_t, false><<<bin_grid, kTileThreads, sizeof(int) * (tiles.total_tiles + 1), stream>>>(
       coords, sz, args.levels, tiles, bins);
-  return static_cast<int>(cudaGetLastError());
-}
-
-// grad_value_tile_kernel over the writing tiles (kAccumulate false) or the accumulating ones.
-template <typename scalar_t, typename coord_t, bool kAccumulate>
-int launch_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStream stream) {
-  const Sizes& sz = args.sizes;
-  const TileLaunch launch = kAccumulate ? TileLaunch{tiles.first_accumulate_tile,
-                                                     tiles.total_tiles - tiles.first_accumulate_tile, tiles.max_rounds}
-                                        : TileLaunch{0, tiles.first_accumulate_tile, 1};
-  const int64_t blocks = sz.batch * sz.num_heads * launch.num_tiles * launch.rounds;
-  if (blocks == 0) return static_cast<int>(cudaSuccess);
+  if ((status = static_cast<int>(cudaGetLastError())) != cudaSuccess) return status;
   const size_t smem = sizeof(TileRecord) * 4 * kTileThreads + sizeof(int) * tiles.tile_pixels;  // records, heads
-  auto kernel = sz.head_dim % 4 == 0 ? grad_value_tile_kernel<scalar_t, coord_t, 4, kAccumulate>
-                                     : grad_value_tile_kernel<scalar_t, coord_t, 1, kAccumulate>;
-  kernel<<<static_cast<unsigned int>(blocks), kTileThreads, smem, stream>>>(
-      static_cast<const scalar_t*>(args.grad_output), static_cast<const coord_t*>(args.sampling_locations),
-      static_cast<const coord_t*>(args.attention_weights), static_cast<scalar_t*>(args.grad_value),
-      static_cast<float*>(args.grad_value_accum), sz, args.levels, tiles, tile_bins(args, tiles), launch);
+  auto kernel = sz.head_dim % 4 == 0 ? grad_value_tile_kernel<scalar_t, coord_t, 4>
+                                     : grad_value_tile_kernel<scalar_t, coord_t, 1>;
+  kernel<<<static_cast<unsigned int>(bins.num_bins), kTileThreads, smem, stream>>>(
+      static_cast<const scalar_t*>(args.grad_output), coords, static_cast<const coord_t*>(args.attention_weights),
+      static_cast<scalar_t*>(args.grad_value), sz, args.levels, tiles, bins);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -1280,23 +1217,15 @@ int backward_cuda(const CudaArgs& args, CudaStream stream, const CudaSideStream&
     }
     GroupLayout per_sample = layout;
     per_sample.num_groups = layout.num_groups * sz.num_levels * sz.num_points;
-    // Zero-fill or cast back the accumulator rows of the levels in `level_mask`.
-    auto zero_rows = [&](unsigned int level_mask) {
-      return for_each_level_run(args, level_mask, [&](int64_t first, int64_t count) {
+    // grad_loc and grad_attn of every sample, and grad_value of `accumulate_levels` through atomics
+    // into their zero-filled accumulator rows, cast back afterwards.
+    auto backward_by_samples = [&](unsigned int accumulate_levels) {
+      int result = for_each_level_run(args, accumulate_levels, [&](int64_t first, int64_t count) {
         return static_cast<int>(cudaMemsetAsync(static_cast<acc_t*>(args.grad_value_accum) + first, 0,
                                                 count * sizeof(acc_t), stream));
       });
-    };
-    auto cast_rows = [&](unsigned int level_mask) {
-      return for_each_level_run(args, level_mask, [&](int64_t first, int64_t count) {
-        return cast_grad_value<scalar_t, acc_t>(args, first, count, stream);
-      });
-    };
-    // grad_loc and grad_attn of every sample, and grad_value of `atomic_levels` through atomics.
-    auto launch_backward_kernel = [&](unsigned int atomic_levels) {
-      const int64_t samples = per_sample.num_groups;
-      if (samples == 0) return static_cast<int>(cudaSuccess);
-      return dispatch_width<scalar_t>(V, [&](auto width) {
+      if (result != cudaSuccess) return result;
+      result = per_sample.num_groups == 0 ? result : dispatch_width<scalar_t>(V, [&](auto width) {
         constexpr int kV = decltype(width)::value;
         auto launch = [&](auto index_tag) {
           using index_t = typename decltype(index_tag)::type;
@@ -1306,42 +1235,30 @@ int backward_cuda(const CudaArgs& args, CudaStream stream, const CudaSideStream&
               static_cast<const coord_t*>(args.sampling_locations),
               static_cast<const coord_t*>(args.attention_weights), static_cast<acc_t*>(args.grad_value_accum),
               static_cast<coord_t*>(args.grad_sampling_locations),
-              static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, per_sample, atomic_levels);
+              static_cast<coord_t*>(args.grad_attention_weights), sz, args.levels, per_sample, accumulate_levels);
           return static_cast<int>(cudaGetLastError());
         };
         // 2 * sample + 1 (the grad_loc entry) must fit the index type.
-        return samples <= INT32_MAX ? launch(Tag<uint32_t>{}) : launch(Tag<int64_t>{});
+        return per_sample.num_groups <= INT32_MAX ? launch(Tag<uint32_t>{}) : launch(Tag<int64_t>{});
+      });
+      if (result != cudaSuccess) return result;
+      return for_each_level_run(args, accumulate_levels, [&](int64_t first, int64_t count) {
+        return cast_grad_value<scalar_t, acc_t>(args, first, count, stream);
       });
     };
     const unsigned int all_levels = sz.num_levels >= 32 ? ~0u : (1u << sz.num_levels) - 1u;
-    constexpr bool kHalfValue = std::is_same_v<scalar_t, __half> || std::is_same_v<scalar_t, __nv_bfloat16>;
     TileLayout tiles{};
-    if (!kHalfValue || !plan_grad_value_tiles(args, &tiles)) {
-      // Every corner through atomics into the zero-filled accumulator (grad_value itself for fp32).
-      if ((status = zero_rows(all_levels)) != cudaSuccess) return status;
-      if ((status = launch_backward_kernel(all_levels)) != cudaSuccess) return status;
-      return cast_rows(all_levels);
+    bool forked = false;
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (plan_grad_value_tiles(args, &tiles)) {
+        // The tiles share no buffer with the rest below: with a side stream they run beside it.
+        forked = kUseSideStream && side.stream != nullptr;
+        if (forked && (status = fork_side_stream(side, stream)) != cudaSuccess) return status;
+        status = grad_value_by_tiles<scalar_t, coord_t>(args, tiles, forked ? side.stream : stream);
+      }
     }
-    if constexpr (kHalfValue) {
-      // Two branches. The side stream bins the samples and writes the large levels' tiles; the main
-      // stream computes grad_loc/grad_attn (and adds the untiled levels' corners), then, once the
-      // bins are there, adds the accumulating tiles and casts their rows and the untiled ones.
-      const bool forked = kUseSideStream && side.stream != nullptr;
-      const CudaStream tile_stream = forked ? side.stream : stream;
-      const unsigned int untiled = all_levels & ~tiles.tiled_levels;
-      const unsigned int accumulated = untiled | tiles.accumulate_levels;
-      if (forked && (status = fork_side_stream(side, stream)) != cudaSuccess) return status;
-      status = bin_samples<coord_t>(args, tiles, tile_stream);
-      if (status == cudaSuccess && forked) status = static_cast<int>(cudaEventRecord(side.ready, side.stream));
-      if (status == cudaSuccess) status = launch_tiles<scalar_t, coord_t, false>(args, tiles, tile_stream);
-      if (status == cudaSuccess) status = zero_rows(accumulated);
-      if (status == cudaSuccess) status = launch_backward_kernel(untiled);
-      if (status == cudaSuccess && forked) status = static_cast<int>(cudaStreamWaitEvent(stream, side.ready, 0));
-      if (status == cudaSuccess) status = launch_tiles<scalar_t, coord_t, true>(args, tiles, stream);
-      if (status == cudaSuccess) status = cast_rows(accumulated);
-      return forked ? join_side_stream(side, stream, status) : status;
-    }
-    return status;
+    if (status == cudaSuccess) status = backward_by_samples(all_levels & ~tiles.tiled_levels);
+    return forked ? join_side_stream(side, stream, status) : status;
   });
 }
 

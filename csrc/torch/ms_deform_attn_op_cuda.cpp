@@ -68,7 +68,7 @@ msda::CudaArgs operand_args(const at::Tensor& value, const at::Tensor& sampling_
 #define CODETR_MSDA_SIDE_PRIORITY_HIGH 1
 #endif
 
-// A pool stream and three events for backward_cuda's independent branch. The events are created once
+// A pool stream and two events for backward_cuda's independent branch. The events are created once
 // per thread and device and reused for the life of the thread: a wait takes the event's latest
 // record at the time it is queued, and under CUDA graph capture a record/wait pair only becomes a
 // dependency edge. The branch reads the op's inputs and writes buffers the op allocated on the
@@ -76,16 +76,15 @@ msda::CudaArgs operand_args(const at::Tensor& value, const at::Tensor& sampling_
 // so the caching allocator needs no record_stream.
 msda::CudaSideStream side_stream(c10::DeviceIndex device) {
   struct Events {
-    cudaEvent_t fork = nullptr, ready = nullptr, join = nullptr;
+    cudaEvent_t fork = nullptr, join = nullptr;
   };
   thread_local std::unordered_map<c10::DeviceIndex, Events> events;
   Events& e = events[device];
   if (e.fork == nullptr) {
-    for (cudaEvent_t* event : {&e.fork, &e.ready, &e.join})
-      C10_CUDA_CHECK(cudaEventCreateWithFlags(event, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.fork, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.join, cudaEventDisableTiming));
   }
-  return {c10::cuda::getStreamFromPool(CODETR_MSDA_SIDE_PRIORITY_HIGH != 0, device).stream(), e.fork, e.ready,
-          e.join};
+  return {c10::cuda::getStreamFromPool(CODETR_MSDA_SIDE_PRIORITY_HIGH != 0, device).stream(), e.fork, e.join};
 }
 
 at::Tensor ms_deform_attn_cuda(const at::Tensor& value, at::IntArrayRef spatial_shapes,
