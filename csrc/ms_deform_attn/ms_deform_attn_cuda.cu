@@ -1250,7 +1250,7 @@ int backward_cuda(const CudaArgs& args, CudaStream stream, const CudaSideStream&
     const unsigned int all_levels = sz.num_levels >= 32 ? ~0u : (1u << sz.num_levels) - 1u;
     TileLayout tiles{};
     bool forked = false;
-    if constexpr (std::is_same_v<acc_t, float>) {
+    if constexpr (std::is_same_v<scalar_t, __half> || std::is_same_v<scalar_t, __nv_bfloat16>) {  // tiles' dtypes
       if (plan_grad_value_tiles(args, &tiles)) {
         // The tiles share no buffer with the rest below: with a side stream they run beside it.
         forked = kUseSideStream && side.stream != nullptr;
