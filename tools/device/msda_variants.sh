@@ -3,7 +3,7 @@
 # definitions for the CUDA and C++ sources, i.e. #ifndef-guarded tuning constants), run the MSDA
 # CUDA tests on the first variant, then benchmark every variant on the same inputs in this one call
 # (variants are only comparable within one run). Logs go to $OUT.
-# Usage: tools/device/msda_variants.sh NAME=NVCC_DEFINES ...
+# Usage: tools/device/msda_variants.sh NAME=DEFINES ...
 #   e.g. tools/device/msda_variants.sh default= slots2048=-DCODETR_MSDA_BACKWARD_WINDOW_SLOTS=2048
 #   (knobs of the experiment branch experiment/msda-backward-window; see BENCHMARKS.md)
 # Env: CASES (default "encoder 768,decoder"), VARIANTS (default "fp32,fp16"), ITERS (default 50),
