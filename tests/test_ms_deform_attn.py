@@ -132,11 +132,11 @@ def test_backward_cpu_matches_reference_autograd(dtype):
         assert rel_err(got, want) <= tol, name
 
 
-def backward_pair(levels, dtype, coord_dtype, device, D=32, seed=3, Q=11, P=4, exact=False, H=2):
+def backward_pair(levels, dtype, coord_dtype, device, D=32, seed=3, Q=11, P=4, exact=False):
     """(op gradients on `device`, fp64 reference gradients through grid_sample on the CPU)."""
-    value, loc, attn = make_case(levels, Q=Q, H=H, D=D, P=P, dtype=dtype, coord_dtype=coord_dtype, device=device,
+    value, loc, attn = make_case(levels, Q=Q, D=D, P=P, dtype=dtype, coord_dtype=coord_dtype, device=device,
                                  seed=seed, exact=exact)
-    grad_out = torch.randn(2, Q, H * D, generator=torch.Generator().manual_seed(seed + 1),
+    grad_out = torch.randn(2, Q, 2 * D, generator=torch.Generator().manual_seed(seed + 1),
                            dtype=torch.float64).to(device=device, dtype=dtype)
     inputs = [t.clone().requires_grad_() for t in (value, loc, attn)]
     ms_deform_attn(inputs[0], levels, inputs[1], inputs[2]).backward(grad_out)
@@ -485,9 +485,9 @@ def test_cuda_graph_capture_of_the_backward(Q):
     gradients. With few queries (fp16) the backward makes its large levels by output tiles on a
     second stream, forked from the capturing stream and joined back: that branch must land in the
     graph too. Q == S takes the encoder kernel, on the capturing stream alone."""
+    from codetr import _C  # noqa: F401
     levels = [(64, 96), (32, 48), (16, 24)]
     H, D = 4, 32
-    backward_pair(levels, torch.float16, torch.float32, "cuda", Q=Q, H=H)  # warm up outside the capture
     case = dict(B=2, Q=Q, H=H, D=D, dtype=torch.float16, coord_dtype=torch.float32, device="cuda", exact=True)
     value, loc, attn = make_case(levels, seed=4, **case)
     grad_out = torch.randn(2, Q, H * D, device="cuda", dtype=torch.float16)
@@ -495,6 +495,8 @@ def test_cuda_graph_capture_of_the_backward(Q):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
+        # Warm up outside the capture: the side stream's pool and events are made on first use.
+        torch.ops.codetr.ms_deform_attn_backward(grad_out, value, flat, loc, attn)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             grads = torch.ops.codetr.ms_deform_attn_backward(grad_out, value, flat, loc, attn)

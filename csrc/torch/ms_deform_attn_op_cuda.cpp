@@ -133,14 +133,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     args.grad_output = grad_out.data_ptr();
     args.grad_value = grad_value.data_ptr();
     args.grad_value_accum = grad_value_accum.data_ptr();
-    // The decoder path's sample bins (0 bytes for other calls).
-    const auto workspace = at::empty({static_cast<int64_t>(msda::backward_cuda_workspace_bytes(args))},
-                                     v.options().dtype(at::kByte));
+    // The decoder path's sample bins (0 bytes for other calls). That path alone uses a side stream.
+    const int64_t workspace_bytes = static_cast<int64_t>(msda::backward_cuda_workspace_bytes(args));
+    const auto workspace = at::empty({workspace_bytes}, v.options().dtype(at::kByte));
     args.backward_workspace = workspace.data_ptr();
     args.grad_sampling_locations = grad_loc.data_ptr();
     args.grad_attention_weights = grad_attn.data_ptr();
-    C10_CUDA_CHECK(static_cast<cudaError_t>(
-        msda::backward_cuda(args, at::cuda::getCurrentCUDAStream().stream(), side_stream(value.get_device()))));
+    const msda::CudaSideStream side = workspace_bytes > 0 ? side_stream(value.get_device()) : msda::CudaSideStream{};
+    C10_CUDA_CHECK(static_cast<cudaError_t>(msda::backward_cuda(args, at::cuda::getCurrentCUDAStream().stream(), side)));
   } else {
     grad_value.zero_();
     grad_loc.zero_();
