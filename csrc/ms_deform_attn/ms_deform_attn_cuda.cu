@@ -944,6 +944,9 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
     for (int i = flush_slot; i < num_touched; i += slot_step) {
       const int pixel_slot = touched_cur[i];
       int e = head[pixel_slot];
+      // Before the walk, so that the division overlaps the list's shared-memory latency.
+      const int window_row = pixel_slot / win.width;
+      const int pixel_index = (win.y0 + window_row) * width + win.x0 + pixel_slot - window_row * win.width;
       float sum[4] = {0.f, 0.f, 0.f, 0.f};
       do {
         const int4 r = record[e];
@@ -952,10 +955,7 @@ __global__ void __launch_bounds__(kEncoderThreads, kEncoderMinBlocks)
         sum[0] += w * gv.x, sum[1] += w * gv.y, sum[2] += w * gv.z, sum[3] += w * gv.w;
         e = r.z;
       } while (e >= 0);
-      const int window_row = pixel_slot / win.width;
-      const int pixel_index = (win.y0 + window_row) * width + win.x0 + pixel_slot - window_row * win.width;
-      const int c = flush_channel;
-      atomic_add_vec<4>(accum_level + pixel_index * row_stride + c, sum);
+      atomic_add_vec<4>(accum_level + pixel_index * row_stride + flush_channel, sum);
     }
     __syncthreads();
   }
