@@ -363,6 +363,12 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // Tried first: every tile block scanning all of its level's samples itself, without bins (207 us:
 // 15 dependent rounds per block), and summing in shared memory with float atomics (48 us for the
 // tile kernel alone: they compile to compare-and-swap loops).
+// Tried in session 6 (same runs against this code at 74-77 us; BENCHMARKS.md): fixed-capacity bins
+// filled by one kernel that also stores each sample's location, weight and query, so the tile kernel
+// reloads nothing (73-75 us: no gain worth its cliff, since a full bin spills into an overflow list
+// that every tile block of the head must scan); that filing done inside backward_kernel (90-96 us:
+// backward_kernel needs 80 registers then); 512-thread tile blocks (77-90 us); fp16 values kept
+// packed in backward_kernel's registers, with 5 or 6 resident blocks per SM (74-77 / 87 us).
 constexpr int kTileThreads = 256;
 constexpr int kTileMaxSamples = 16384;   // Q*P per (b, h, level) up to which tiles are considered
 constexpr int kTileAccumFloats = 8192;   // fp32 sums per block (in registers): tile pixels = this / D
@@ -679,7 +685,9 @@ int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStrea
 // Tuning knobs (compile definitions; tools/device/msda_variants.sh times builds side by side).
 // Measured on an H100 (2026-11-24, encoder 768x1152, fp16/fp32 backward): 2 lanes x 64 samples
 // 1511/1750 us; 2 x 128: 1547/1806; 2 x 32: 1604/1918; 4 x 128: 1922/2032; 1 x 128: 1755/2352;
-// margin 5 / 8 instead of 6: 1547 / 1524 us (fp16).
+// margin 5 / 8 instead of 6: 1547 / 1524 us (fp16). Later (session 6, 1280x1920 fp16): 8 channels
+// per flushing thread instead of 4 took 5026 vs 4033 us; 10 / 12 resident blocks per SM (48 / 40
+// registers, with spills) 4445-4459 / 5441-5450 vs 4029-4045 us.
 #ifndef CODETR_MSDA_ENCODER_SAMPLES
 #define CODETR_MSDA_ENCODER_SAMPLES 64
 #endif
