@@ -14,3 +14,12 @@ build_op_library() {
   CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
     -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 }
+
+# LIB = $1 (an op library) or, without it, the op built into build-device.
+use_op_library() {
+  LIB=${1:-}
+  if [ -z "$LIB" ]; then
+    build_op_library
+    LIB=$PWD/build-device/csrc/libcodetr_ops.so
+  fi
+}

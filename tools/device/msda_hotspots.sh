@@ -6,11 +6,7 @@
 # $1: the op library (default: build the op into build-device).
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
-LIB=${1:-}
-if [ -z "$LIB" ]; then
-  build_op_library
-  LIB=$PWD/build-device/csrc/libcodetr_ops.so
-fi
+use_op_library "${1:-}"
 export CASE=${CASE:-decoder} DTYPE=${DTYPE:-half}
 # msda_profile.sh writes the call script, prints the per-kernel times of 20 calls and ncu's sections.
 KERNELS_RE=${KERNELS:-tile_kernel|backward_kernel}

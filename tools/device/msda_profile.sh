@@ -7,11 +7,7 @@
 # clocks alone: METHOD.md). $1: the op library (default: build the op into build-device).
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
-LIB=${1:-}
-if [ -z "$LIB" ]; then
-  build_op_library
-  LIB=$PWD/build-device/csrc/libcodetr_ops.so
-fi
+use_op_library "${1:-}"
 export CASE=${CASE:-encoder} DTYPE=${DTYPE:-half}
 cat > /tmp/msda_backward_calls.py <<'PY'
 import os
