@@ -20,35 +20,32 @@ CODETR_OPS_LIBRARY=$LIB PYTHONPATH=$PYTHONPATH:$PWD/tools ncu --clock-control no
 tail -3 "$OUT/ncu_run.log"
 ncu -i "$report.ncu-rep" --page source --csv --print-source sass > "$OUT/sass_${CASE}_${DTYPE}.csv" 2>&1
 python3 - "$OUT/sass_${CASE}_${DTYPE}.csv" "${TOP:-25}" <<'PY'
-import csv, io, sys
-text = open(sys.argv[1]).read()
+import csv, sys
 top = int(sys.argv[2])
-# One CSV table per kernel; tables start at a header line holding "Source".
-blocks, cur = [], []
-for line in text.splitlines():
-    if line.startswith('"#"') or line.startswith('"Address"') or ('"Source"' in line and cur):
-        if cur:
-            blocks.append(cur)
-        cur = [line]
-    elif line.strip():
-        cur.append(line)
-if cur:
-    blocks.append(cur)
-for block in blocks:
-    rows = list(csv.reader(io.StringIO("\n".join(block))))
-    header = rows[0]
-    if "Source" not in header:
-        print("\n".join(block[:5]))
+# Per profiled kernel: a "Kernel Name" row, the column header ("Address", "Source", ...), then one row
+# per SASS instruction. ncu may print a kernel's table twice: each is shown once.
+tables, name = [], None
+for row in csv.reader(open(sys.argv[1])):
+    if not row:
         continue
-    cols = [i for i, h in enumerate(header) if "Warp Stall Sampling (All" in h]
-    if not cols:
-        print("no stall column in", header[:12])
+    if row[0] == "Kernel Name":
+        name = row[1]
+    elif row[0] == "Address":
+        tables.append((name, row, []))
+    elif tables:
+        tables[-1][2].append(row)
+shown = set()
+for name, header, rows in tables:
+    col = next((i for i, h in enumerate(header) if h.startswith("Warp Stall Sampling (All")), None)
+    if col is None:
+        print("no stall-sampling column for", name)
         continue
-    c = cols[0]
-    body = [r for r in rows[1:] if len(r) > c and r[c].replace(".", "").isdigit()]
-    total = sum(float(r[c]) for r in body) or 1.0
-    print(f"== kernel table: {len(body)} instructions, {total:.0f} stall samples")
-    src = header.index("Source")
-    for r in sorted(body, key=lambda r: -float(r[c]))[:top]:
-        print(f"{100 * float(r[c]) / total:5.1f}%  {r[0]:>6}  {r[src][:110]}")
+    rows = [r for r in rows if len(r) > col and r[col].isdigit()]
+    total = sum(int(r[col]) for r in rows)
+    if (name, len(rows), total) in shown:
+        continue
+    shown.add((name, len(rows), total))
+    print(f"== {name.split('(const')[0][:110]}: {len(rows)} instructions, {total} stall samples")
+    for r in sorted(rows, key=lambda r: -int(r[col]))[:top]:
+        print(f"{100 * int(r[col]) / max(total, 1):5.1f}%  {r[0]:>16}  {r[1].strip()[:100]}")
 PY
