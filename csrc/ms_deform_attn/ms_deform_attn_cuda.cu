@@ -368,7 +368,8 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // reloads nothing (73-75 us: no gain worth its cliff, since a full bin spills into an overflow list
 // that every tile block of the head must scan); that filing done inside backward_kernel (90-96 us:
 // backward_kernel needs 80 registers then); 512-thread tile blocks (77-90 us); fp16 values kept
-// packed in backward_kernel's registers, with 5 or 6 resident blocks per SM (74-77 / 87 us).
+// packed in backward_kernel's registers, with 5 or 6 resident blocks per SM (74-77 / 87 us); two
+// samples per lane group with all their loads in flight (87-89 us: 80-115 registers).
 constexpr int kTileThreads = 256;
 constexpr int kTileMaxSamples = 16384;   // Q*P per (b, h, level) up to which tiles are considered
 constexpr int kTileAccumFloats = 8192;   // fp32 sums per block (in registers): tile pixels = this / D
