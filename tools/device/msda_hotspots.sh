@@ -13,10 +13,12 @@ KERNELS_RE=${KERNELS:-tile_kernel|backward_kernel}
 PER_CALL=${PER_CALL:-2}  # matching kernels per call
 KERNELS="$KERNELS_RE" SKIP=$((3 * PER_CALL)) COUNT=$PER_CALL NCU_LINES=${NCU_LINES:-70} \
   tools/device/msda_profile.sh "$LIB"
+# The same launches again, for the per-instruction stall sampling alone (msda_profile.sh printed the
+# speed-of-light and warp-state sections).
 report=/tmp/msda_hotspots
 CODETR_OPS_LIBRARY=$LIB PYTHONPATH=$PYTHONPATH:$PWD/tools ncu --clock-control none -k "regex:$KERNELS_RE" \
-  --launch-skip $((3 * PER_CALL)) --launch-count $PER_CALL --import-source no --section SourceCounters --section WarpStateStats \
-  --section SpeedOfLight -f -o "$report" python3 /tmp/msda_backward_calls.py > "$OUT/ncu_run.log" 2>&1
+  --launch-skip $((3 * PER_CALL)) --launch-count $PER_CALL --import-source no --section SourceCounters \
+  -f -o "$report" python3 /tmp/msda_backward_calls.py > "$OUT/ncu_run.log" 2>&1
 tail -3 "$OUT/ncu_run.log"
 ncu -i "$report.ncu-rep" --page source --csv --print-source sass > "$OUT/sass_${CASE}_${DTYPE}.csv" 2>&1
 python3 - "$OUT/sass_${CASE}_${DTYPE}.csv" "${TOP:-25}" <<'PY'
