@@ -422,6 +422,30 @@ def test_backward_cuda_encoder_like_queries(dtype, coord_dtype, P, D):
 
 
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("H", [1, 2, 3])
+def test_backward_cuda_encoder_fills_its_uninitialised_buffers(dtype, H):
+    """The op allocates the encoder path's fp32 accumulator and (fp16/bf16) grad_value uninitialised
+    and fills them itself: with 1, 2 and 3 (b, h) pairs and the caching allocator first filled with
+    NaN at exactly those sizes, every element must come out finite and match the reference, twice in
+    a row."""
+    from codetr import _C  # noqa: F401
+    levels = [(32, 64), (16, 32), (8, 16), (4, 8)]
+    value, loc, attn, grad_out = encoder_like_case(levels, H=H, D=32, dtype=dtype, coord_dtype=torch.float32)
+    S = value.shape[1]
+    # Freed at once: NaN blocks of the accumulator's and grad_value's sizes in the allocator's pool.
+    [torch.full((S * H * 32,), float("nan"), dtype=t, device="cuda") for t in (torch.float32, dtype)]
+    flat = [v for hw in levels for v in hw]
+    ref_inputs = [t.double().requires_grad_() for t in (value, loc, attn)]
+    ms_deform_attn_pytorch(ref_inputs[0], levels, ref_inputs[1], ref_inputs[2]).backward(grad_out.double())
+    for _ in range(2):
+        grads = torch.ops.codetr.ms_deform_attn_backward(grad_out.cuda(), value.cuda(), flat, loc.cuda(), attn.cuda())
+        assert torch.isfinite(grads[0]).all()
+        for name, got, ref_input in zip(("value", "loc", "attn"), grads, ref_inputs):
+            assert rel_err(got, ref_input.grad) <= CUDA_GRAD_TOL[dtype], name
+
+
+@cuda
 def test_cuda_non_contiguous_and_empty():
     value, loc, attn = make_case(FIVE_LEVELS, device="cuda")
     out = ms_deform_attn(value.transpose(2, 3).contiguous().transpose(2, 3), FIVE_LEVELS, loc, attn)

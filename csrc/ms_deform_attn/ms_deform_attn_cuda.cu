@@ -688,7 +688,10 @@ int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStrea
 // 1511/1750 us; 2 x 128: 1547/1806; 2 x 32: 1604/1918; 4 x 128: 1922/2032; 1 x 128: 1755/2352;
 // margin 5 / 8 instead of 6: 1547 / 1524 us (fp16). Later (session 6, 1280x1920 fp16): 8 channels
 // per flushing thread instead of 4 took 5026 vs 4033 us; 10 / 12 resident blocks per SM (48 / 40
-// registers, with spills) 4445-4459 / 5441-5450 vs 4029-4045 us.
+// registers, with spills) 4445-4459 / 5441-5450 vs 4029-4045 us. Session 7: the accumulator's
+// zero-fill and the cast done by the blocks themselves, pair by pair with done counters and ticket
+// order, 5162 vs 4034 us (fp32, no cast: 5428 vs 4605): the fences and counter round trips cost each
+// ~40 us block ~9 us, more than the memset and cast they replace (BENCHMARKS.md).
 #ifndef CODETR_MSDA_ENCODER_SAMPLES
 #define CODETR_MSDA_ENCODER_SAMPLES 64
 #endif
