@@ -370,6 +370,11 @@ __global__ void __launch_bounds__(kBackwardThreadsPerBlock)
 // backward_kernel needs 80 registers then); 512-thread tile blocks (77-90 us); fp16 values kept
 // packed in backward_kernel's registers, with 5 or 6 resident blocks per SM (74-77 / 87 us); two
 // samples per lane group with all their loads in flight (87-89 us: 80-115 registers).
+// Tried in session 7 (against this code at 74-76 us): the tiles also making the tiled levels'
+// grad_loc/grad_attn from per-record G = grad_output . value sums (107-111 us); persistent tile
+// blocks prefetching the next bin (81-85 us); grad_loc/grad_attn by one lane group per (b, q, h) as
+// in the forward, to leave the tiles the SMs' registers (80-82 us); level 2 tiled too (kTileMaxHits
+// 1200: fp16 71.5-74.2, bf16 75.4-75.6 us, within the runs' spread).
 constexpr int kTileThreads = 256;
 constexpr int kTileMaxSamples = 16384;   // Q*P per (b, h, level) up to which tiles are considered
 constexpr int kTileAccumFloats = 8192;   // fp32 sums per block (in registers): tile pixels = this / D
@@ -691,7 +696,9 @@ int grad_value_by_tiles(const CudaArgs& args, const TileLayout& tiles, CudaStrea
 // registers, with spills) 4445-4459 / 5441-5450 vs 4029-4045 us. Session 7: the accumulator's
 // zero-fill and the cast done by the blocks themselves, pair by pair with done counters and ticket
 // order, 5162 vs 4034 us (fp32, no cast: 5428 vs 4605): the fences and counter round trips cost each
-// ~40 us block ~9 us, more than the memset and cast they replace (BENCHMARKS.md).
+// ~40 us block ~9 us, more than the memset and cast they replace (BENCHMARKS.md). Also session 7:
+// the kernel in two launches of half the pairs, the second half's zero-fill and the first half's
+// cast on the side stream beside them: 4246 vs 4036 us (they slow the kernel beside them).
 #ifndef CODETR_MSDA_ENCODER_SAMPLES
 #define CODETR_MSDA_ENCODER_SAMPLES 64
 #endif
