@@ -5,8 +5,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include "codetr/detector.h"
-#include "codetr/error.h"
+#include "codetr/codetr.h"
 
 namespace codetr {
 namespace {
@@ -34,22 +33,24 @@ std::string own_library_dir() {
 
 }  // namespace
 
-std::string load_ops_library(const std::string& explicit_path) {
+std::string find_ops_library() {
+  if (const char* env = std::getenv("CODETR_OPS_LIBRARY"); env != nullptr && *env != '\0') return env;
+  const std::string own_dir = own_library_dir();
+  if (own_dir.empty()) return "";
+  const std::string beside = own_dir + "/libcodetr_ops.so";
+  return std::filesystem::exists(beside) ? beside : "";
+}
+
+std::string load_ops_library(const std::string& path) {
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
-  if (!explicit_path.empty()) return dlopen_global(explicit_path);
-  if (const char* env = std::getenv("CODETR_OPS_LIBRARY"); env != nullptr && *env != '\0')
-    return dlopen_global(env);
+  if (!path.empty()) return dlopen_global(path);
   if (op_registered()) return "registered";
-  std::vector<std::string> candidates;
-  const std::string own_dir = own_library_dir();
-  if (!own_dir.empty()) candidates.push_back(own_dir + "/libcodetr_ops.so");
-#ifdef CODETR_OPS_BUILD_PATH
-  candidates.push_back(CODETR_OPS_BUILD_PATH);
-#endif
-  for (const std::string& path : candidates)
-    if (std::filesystem::exists(path)) return dlopen_global(path);
-  return "";
+  const std::string found = find_ops_library();
+  if (found.empty())
+    throw Error("libcodetr_ops.so (the codetr torch ops) was not found beside libcodetr.so (" + own_library_dir() +
+                ") and CODETR_OPS_LIBRARY is not set");
+  return dlopen_global(found);
 }
 
 }  // namespace codetr

@@ -43,19 +43,26 @@ __global__ void preprocess_kernel(const PreprocessLaunch p, double scale_x, doub
     for (int c = 0; c < 3; ++c) out[c * plane + offset] = from_float<Out>(p.pad_output[c]);
     return;
   }
+  if (resize::is_exact_half(p.in_height, p.in_width, p.resized_height, p.resized_width)) {
+    const uint8_t* row0 = p.image + static_cast<int64_t>(2 * y) * p.row_stride + 6 * x;
+    const uint8_t* row1 = row0 + p.row_stride;
+    for (int c = 0; c < 3; ++c) {
+      const int src = p.flip_channels ? 2 - c : c;
+      const int v = resize::area_half(row0[src], row0[3 + src], row1[src], row1[3 + src]);
+      out[c * plane + offset] = from_float<Out>(__fdiv_rn(__fsub_rn(static_cast<float>(v), p.mean[c]), p.std[c]));
+    }
+    return;
+  }
   const resize::AxisTap tx = resize::axis_tap(x, p.in_width, scale_x, /*clamp_weights_at_border=*/true);
   const resize::AxisTap ty = resize::axis_tap(y, p.in_height, scale_y, /*clamp_weights_at_border=*/false);
   const uint8_t* row0 = p.image + ty.index0 * p.row_stride;
   const uint8_t* row1 = p.image + ty.index1 * p.row_stride;
   for (int c = 0; c < 3; ++c) {
     const int src = p.flip_channels ? 2 - c : c;
-    // Horizontal pass (pixel * 2^11), then the vertical blend with OpenCV's 8-bit rounding, as in
-    // resize_bilinear_u8: each product is taken as (w * (S >> 4)) >> 16, the two are summed, and
-    // (+2) >> 2 rounds away the remaining 2 bits.
+    // Horizontal pass (pixel * 2^11), then OpenCV's 8-bit vertical blend.
     const int top = row0[tx.index0 * 3 + src] * tx.weight0 + row0[tx.index1 * 3 + src] * tx.weight1;
     const int bottom = row1[tx.index0 * 3 + src] * tx.weight0 + row1[tx.index1 * 3 + src] * tx.weight1;
-    int v = (((ty.weight0 * (top >> 4)) >> 16) + ((ty.weight1 * (bottom >> 4)) >> 16) + 2) >> 2;
-    v = v < 0 ? 0 : v > 255 ? 255 : v;
+    const int v = resize::vertical_blend(top, bottom, ty.weight0, ty.weight1);
     out[c * plane + offset] = from_float<Out>(__fdiv_rn(__fsub_rn(static_cast<float>(v), p.mean[c]), p.std[c]));
   }
 }

@@ -201,7 +201,7 @@ int run_benchmark(const codetr::Detector& detector, const std::vector<BgrImage>&
   for (const BgrImage& m : images) views.push_back(view_of(m));
   const int warmup = std::max(3, iterations / 10);
   std::cerr << "benchmark: " << warmup << " warm-up runs, then " << iterations << " timed runs of a batch of "
-            << views.size() << " image(s) on " << detector.device().str() << "\n";
+            << views.size() << " image(s) on " << detector.device() << "\n";
   for (int i = 0; i < warmup; ++i) detector.detect(views);
   // Stage times synchronise the device at every stage boundary, which a plain call does not: the
   // end-to-end time comes from plain calls, the stage times from timed calls, taken alternately.
@@ -361,9 +361,6 @@ int main(int argc, char** argv) {
     return run(parse_args(argc, argv));
   } catch (const UsageError& e) {
     std::cerr << "codetr-detect: " << e.what() << "\n" << kUsage;
-    return 2;
-  } catch (const c10::Error& e) {
-    std::cerr << "codetr-detect: torch error: " << e.what_without_backtrace() << "\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "codetr-detect: " << e.what() << "\n";

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "codetr/postprocess.h"
+#include "codetr/codetr.h"
 #include "ppm.h"
 
 namespace codetr::cli {

@@ -1,34 +1,21 @@
-"""Loads the native op library (python/codetr/_lib/libcodetr_ops.so) once and registers the fake
-(meta) implementations that torch.export / torch.compile / AOTInductor trace with.
-
-Set CODETR_OPS_LIBRARY to load the library from another path.
+"""Makes the codetr torch ops (``torch.ops.codetr.ms_deform_attn``, ``window_attention``) available:
+loads libcodetr_ops.so by the C++ runtime's one rule (``codetr::load_ops_library``:
+$CODETR_OPS_LIBRARY, else the library beside libcodetr.so) and registers the fake (meta)
+implementations that torch.export / torch.compile / AOTInductor trace with. ``import codetr`` runs it.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
-_DEFAULT_LIBRARY = Path(__file__).resolve().parent / "_lib" / "libcodetr_ops.so"
+from codetr._native import runtime
 
 
-def library_path() -> Path:
-    return Path(os.environ.get("CODETR_OPS_LIBRARY", str(_DEFAULT_LIBRARY)))
+def library_path() -> str:
+    """The op library this process uses (or would load)."""
+    return runtime.find_ops_library()
 
 
-def _load() -> None:
-    if hasattr(torch.ops.codetr, "ms_deform_attn"):  # already loaded (e.g. by the C++ runtime)
-        return
-    path = library_path()
-    if not path.is_file():
-        raise RuntimeError(
-            f"codetr: the op library {path} does not exist; build it with tools/build.sh "
-            "(or set CODETR_OPS_LIBRARY to its path)")
-    torch.ops.load_library(str(path))
-
-
-_load()
+runtime.load_ops_library()
 
 
 @torch.library.register_fake("codetr::ms_deform_attn")

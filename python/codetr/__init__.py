@@ -1,8 +1,14 @@
 """codetr: Co-DETR (Co-DINO) inference in plain PyTorch with a C++/CUDA deformable-attention op,
-ahead-of-time export (AOTInductor, ONNX) and a C++ runtime."""
+ahead-of-time export (AOTInductor, ONNX) and a C++ runtime that Python runs through a binding.
 
-__version__ = "0.1.0"
+``import codetr`` loads the native runtime and the ``torch.ops.codetr`` ops (see codetr._C)."""
 
+from codetr._native import Error, runtime  # noqa: E402  (libtorch first, then libcodetr)
+
+__version__ = runtime.version()
+
+from codetr import _C  # noqa: E402,F401  (torch.ops.codetr.* and their fake implementations)
 from codetr.checkpoint import load_checkpoint  # noqa: E402
 from codetr.models import build_model  # noqa: E402
 from codetr.presets import PRESETS, get_preset  # noqa: E402
+from codetr.runtime import Detections, Detector  # noqa: E402

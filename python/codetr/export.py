@@ -37,11 +37,14 @@ import torch
 from torch import nn
 
 from codetr import __version__
-from codetr.modeljson import FORMAT_VERSION, MODEL_JSON, SIZE_MULTIPLE, io_spec
+from codetr import modeljson
+from codetr.modeljson import io_spec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FORMATS = ("aoti", "onnx")
 DEFAULT_OPSET = 18
+# Engine H/W granularity: the backbone downsamples by 32.
+SIZE_MULTIPLE = 32
 # Smallest dynamic H/W: the coarsest level (stride 64) must be >= 2 pixels, or torch.export
 # specialises it to 1.
 MIN_DYNAMIC_SIZE = 3 * SIZE_MULTIPLE
@@ -268,35 +271,14 @@ def engine_resize(opts: ExportOptions, meta_pre: Dict[str, Any]) -> Tuple[Dict[s
     return resize, pad
 
 
-def build_model_json(opts: ExportOptions, meta: Dict[str, Any], classes: list, resize_pad: Tuple[dict, dict],
-                     engine_file: str, inputs: list, outputs: list) -> Dict[str, Any]:
-    pre = dict(meta["preprocess"])
-    pre["resize"], pre["pad"] = resize_pad
-    if opts.dynamic:
-        size = {"dynamic": True, "min_height": opts.min_height, "max_height": opts.max_height,
-                "min_width": opts.min_width, "max_width": opts.max_width}
-    else:
-        size = {"dynamic": False, "height": opts.height, "width": opts.width}
+def input_block(opts: ExportOptions) -> Dict[str, Any]:
+    """model.json's "input" block for this engine (also recorded in the package's contract)."""
     batch = ({"min_batch": opts.min_batch, "max_batch": opts.max_batch} if opts.dynamic_batch
              else {"batch": opts.batch})
-    spec = {
-        "format_version": FORMAT_VERSION,
-        "preset": meta["preset"],
-        "engine": {"format": opts.format, "file": engine_file},
-        "device": opts.device,
-        "dtype": opts.dtype,
-        "torch_version": torch.__version__,
-        "codetr_version": __version__,
-        "classes": list(classes),
-        "input": {**batch, **size, "multiple": SIZE_MULTIPLE},
-        "inputs": inputs,
-        "outputs": outputs,
-        "preprocess": pre,
-        "postprocess": dict(meta["postprocess"]),
-    }
-    if opts.checkpoint is None:
-        spec["random_weights"] = True
-    return spec
+    return modeljson.input_geometry(dynamic=opts.dynamic, height=opts.height, width=opts.width,
+                                    min_height=opts.min_height, max_height=opts.max_height,
+                                    min_width=opts.min_width, max_width=opts.max_width,
+                                    multiple=SIZE_MULTIPLE, **batch)
 
 
 def engine_io(opts: ExportOptions, uses_mask: bool, outputs: Tuple[torch.Tensor, ...]) -> Tuple[list, list]:
@@ -310,12 +292,6 @@ def engine_io(opts: ExportOptions, uses_mask: bool, outputs: Tuple[torch.Tensor,
     out_shapes = [[b, *o.shape[1:]] for o in outputs]
     out_dtypes = [str(o.dtype).replace("torch.", "") for o in outputs]
     return inputs, io_spec(["boxes", "scores", "labels"], out_shapes, out_dtypes)
-
-
-def write_model_json(out_dir: Path, spec: Dict[str, Any]) -> Path:
-    path = out_dir / MODEL_JSON
-    path.write_text(json.dumps(spec, indent=2) + "\n")
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,8 +355,12 @@ def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[s
         engine_path, outputs, extra = export_aoti(opts, model, uses_mask, args, progress)
 
     inputs_spec, outputs_spec = engine_io(opts, uses_mask, outputs)
-    spec = build_model_json(opts, meta, model.classes, resize_pad, engine_path.name, inputs_spec, outputs_spec)
-    json_path = write_model_json(out_dir, spec)
+    spec = modeljson.build_model_json(
+        preset_meta=meta, engine_format=opts.format, engine_file=engine_path.name, device=opts.device,
+        dtype=opts.dtype, torch_version=torch.__version__, codetr_version=__version__, classes=model.classes,
+        input_block=input_block(opts), inputs=inputs_spec, outputs=outputs_spec, resize_pad=resize_pad,
+        random_weights=opts.checkpoint is None)
+    json_path = modeljson.write_model_json(out_dir, spec)
     size_mb = engine_path.stat().st_size / 2**20
     log(f"[codetr export] wrote {engine_path} ({size_mb:.1f} MiB) and {json_path}")
     return {"engine": engine_path, "model_json": json_path, "spec": spec,
@@ -423,6 +403,11 @@ def export_aoti(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, pr
     progress.log(f"[codetr export] graph: {len(program.graph.nodes)} nodes, "
                  f"{msda_nodes} codetr::ms_deform_attn calls")
     package = Path(opts.output) / "model.pt2"
+    # The package records what it is compiled for; the runtime refuses a model.json that differs.
+    inputs_spec, outputs_spec = engine_io(opts, uses_mask, outputs)
+    contract = modeljson.engine_contract(opts.dtype, input_block(opts), inputs_spec, outputs_spec)
     with progress.step("compiling + packaging (AOTInductor)"):
-        torch._inductor.aoti_compile_and_package(program, package_path=str(package))
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(package),
+            inductor_configs={"aot_inductor.metadata": {modeljson.ENGINE_CONTRACT_KEY: contract}})
     return package, outputs, {"msda_nodes": msda_nodes}

@@ -1,101 +1,129 @@
-"""model.json (schema v1): written next to an exported engine, read by the C++ runtime and by
-:mod:`codetr.onnx_engine`; plus the input check every engine call goes through.
+"""model.json: the one writer (:func:`build_model_json`, used by ``codetr export``) and the readers,
+which go through the C++ runtime's parser (``codetr::parse_model_config``) so that Python and C++
+accept exactly the same files. The schema is checked in as ``model.schema.json`` beside this file.
 
-An engine (AOTInductor package or ONNX file) does not check its inputs: a wrong shape reads past
-buffers or fails deep inside a kernel. :func:`validate_engine_inputs` compares tensors against
-the "inputs" block of model.json and names the first mismatch.
+The pipeline sections ("dtype", "input", "preprocess", "postprocess") also drive the eager and
+ONNX paths: :func:`pipeline_json` builds them from a preset, and the runtime core's
+preprocessing/postprocessing run on them (:mod:`codetr.preprocess`, :mod:`codetr.postprocess`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-FORMAT_VERSION = 1
-SIZE_MULTIPLE = 32
+from codetr._native import runtime
+
 MODEL_JSON = "model.json"
-
-_REQUIRED_KEYS = ("format_version", "preset", "engine", "device", "dtype", "torch_version",
-                  "classes", "input", "inputs", "outputs", "preprocess", "postprocess")
+SCHEMA_PATH = Path(__file__).resolve().parent / "model.schema.json"
+FORMAT_VERSION = runtime.model_json_version()
+# The AOTInductor metadata key under which the package records what it was compiled for
+# (codetr::core::kEngineContractKey); the runtime refuses a model.json that disagrees.
+ENGINE_CONTRACT_KEY = "codetr.contract"
+# Eager (and any unbounded) geometry: every image at its own size.
+_ANY_SIZE = 1 << 20
 
 
 def load_model_json(model_dir: str | Path) -> Dict[str, Any]:
-    """Read and sanity-check DIR/model.json; errors name the file and the problem."""
+    """Read DIR/model.json, checked by the runtime's parser; errors name the file and the key."""
     path = Path(model_dir) / MODEL_JSON
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no model.json (is {model_dir} an exported codetr model dir?)")
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    missing = [k for k in _REQUIRED_KEYS if k not in spec]
-    if missing:
-        raise ValueError(f"{path}: missing keys {missing}")
-    if spec["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {spec['format_version']} is not supported "
-                         f"(this codetr reads version {FORMAT_VERSION})")
-    return spec
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file")
+    text = path.read_text()
+    runtime.parse_model_config(text, str(path))  # raises codetr Error (ValueError) naming the key
+    return json.loads(text)
 
 
-def _dim_ok(actual: int, expected: int, lo: Optional[int], hi: Optional[int]) -> bool:
-    if expected != -1:
-        return actual == expected
-    return (lo is None or actual >= lo) and (hi is None or actual <= hi)
-
-
-def _dtype_name(tensor: Any) -> str:
-    # torch.float32 -> "float32"; numpy dtype('float32') -> "float32"; numpy bool -> "bool"
-    return str(tensor.dtype).replace("torch.", "")
-
-
-def validate_engine_inputs(spec: Dict[str, Any], images: Any, masks: Any = None) -> None:
-    """Check `images` (B,3,H,W) [and `masks` (B,H,W)] against model.json before an engine call.
-
-    Works for torch tensors and numpy arrays. Dynamic dims (-1 in "inputs") are checked against
-    the min/max range in "input" and, for H and W, against the required multiple of 32.
-    Raises ValueError naming the input, the dimension, the value and what was expected.
-    """
-    inp = spec["input"]
-    multiple = int(inp.get("multiple", SIZE_MULTIPLE))
-    ranges = {
-        "batch": (inp.get("min_batch"), inp.get("max_batch")),
-        "height": (inp.get("min_height"), inp.get("max_height")),
-        "width": (inp.get("min_width"), inp.get("max_width")),
-    }
-    by_name = {d["name"]: d for d in spec["inputs"]}
-    given = {"images": images, "masks": masks}
-    if "masks" in by_name and masks is None:
-        raise ValueError("this engine needs a `masks` input (preprocess.mask == 'padding'): "
-                         "(B, H, W) bool, True on padding")
-    if "masks" not in by_name and masks is not None:
-        raise ValueError("this engine takes no `masks` input (preprocess.mask == 'none')")
-    for name, decl in by_name.items():
-        tensor = given.get(name)
-        if tensor is None:
-            raise ValueError(f"missing engine input `{name}`")
-        shape = tuple(int(s) for s in tensor.shape)
-        expected = decl["shape"]
-        if len(shape) != len(expected):
-            raise ValueError(f"input `{name}`: expected rank {len(expected)} {expected}, got shape {list(shape)}")
-        if _dtype_name(tensor) != decl["dtype"]:
-            raise ValueError(f"input `{name}`: expected dtype {decl['dtype']}, got {_dtype_name(tensor)}")
-        axis_names = ["batch", "channels", "height", "width"] if name == "images" else ["batch", "height", "width"]
-        for axis, (actual, want) in enumerate(zip(shape, expected)):
-            axis_name = axis_names[axis]
-            lo, hi = ranges.get(axis_name, (None, None))
-            if not _dim_ok(actual, want, lo, hi):
-                wanted = want if want != -1 else f"in [{lo}, {hi}]"
-                raise ValueError(f"input `{name}`: {axis_name} is {actual}, engine expects {wanted} "
-                                 f"(shape {list(shape)} vs model.json {expected})")
-            if want == -1 and axis_name in ("height", "width") and actual % multiple != 0:
-                raise ValueError(f"input `{name}`: {axis_name} {actual} is not a multiple of {multiple}; "
-                                 f"pad the image bottom/right to a multiple of {multiple}")
-    if masks is not None:
-        if tuple(masks.shape) != (images.shape[0], images.shape[2], images.shape[3]):
-            raise ValueError(f"input `masks`: shape {list(masks.shape)} does not match images "
-                             f"(B, H, W) = {[images.shape[0], images.shape[2], images.shape[3]]}")
+def input_geometry(*, dynamic: bool, height: Optional[int] = None, width: Optional[int] = None,
+                   min_height: Optional[int] = None, max_height: Optional[int] = None,
+                   min_width: Optional[int] = None, max_width: Optional[int] = None,
+                   batch: int = 1, min_batch: Optional[int] = None, max_batch: Optional[int] = None,
+                   multiple: int = 1) -> Dict[str, Any]:
+    """model.json's "input" block: static H x W or dynamic ranges, a static batch or a range."""
+    block: Dict[str, Any] = ({"min_batch": min_batch, "max_batch": max_batch} if min_batch is not None
+                             else {"batch": batch})
+    if dynamic:
+        block.update(dynamic=True, min_height=min_height, max_height=max_height,
+                     min_width=min_width, max_width=max_width)
+    else:
+        block.update(dynamic=False, height=height, width=width)
+    block["multiple"] = multiple
+    return block
 
 
 def io_spec(names: Sequence[str], shapes: Sequence[Sequence[int]], dtypes: Sequence[str]) -> list:
     return [{"name": n, "shape": [int(s) for s in shape], "dtype": d}
             for n, shape, d in zip(names, shapes, dtypes)]
+
+
+def engine_contract(dtype: str, input_block: Dict[str, Any], inputs: list, outputs: list) -> str:
+    """What a package is compiled for, recorded in it under ENGINE_CONTRACT_KEY; model.json holds
+    the same blocks (both come from the same values in ``codetr export``)."""
+    return json.dumps({"dtype": dtype, "input": input_block, "inputs": inputs, "outputs": outputs},
+                      sort_keys=True)
+
+
+def build_model_json(*, preset_meta: Dict[str, Any], engine_format: str, engine_file: str, device: str,
+                     dtype: str, torch_version: str, codetr_version: str, classes: Sequence[str],
+                     input_block: Dict[str, Any], inputs: list, outputs: list,
+                     resize_pad: Optional[Tuple[dict, dict]] = None, random_weights: bool = False
+                     ) -> Dict[str, Any]:
+    """The model.json dict (format FORMAT_VERSION); ``resize_pad`` overrides the preset's resize and
+    pad blocks (a static engine's size rule)."""
+    pre = dict(preset_meta["preprocess"])
+    if resize_pad is not None:
+        pre["resize"], pre["pad"] = resize_pad
+    spec = {
+        "format_version": FORMAT_VERSION,
+        "preset": preset_meta["preset"],
+        "engine": {"format": engine_format, "file": engine_file},
+        "device": device,
+        "dtype": dtype,
+        "torch_version": torch_version,
+        "codetr_version": codetr_version,
+        "classes": list(classes),
+        "input": input_block,
+        "inputs": inputs,
+        "outputs": outputs,
+        "preprocess": pre,
+        "postprocess": dict(preset_meta["postprocess"]),
+    }
+    if random_weights:
+        spec["random_weights"] = True
+    return spec
+
+
+def write_model_json(out_dir: str | Path, spec: Dict[str, Any]) -> Path:
+    """Writes DIR/model.json after the runtime's parser accepted it."""
+    text = json.dumps(spec, indent=2) + "\n"
+    path = Path(out_dir) / MODEL_JSON
+    runtime.parse_model_config(text, str(path))
+    path.write_text(text)
+    return path
+
+
+def pipeline_json(preset_meta: Dict[str, Any], *, dtype: str = "float32",
+                  pad_size_divisor: Optional[int] = None, pad_size: Optional[Tuple[int, int]] = None) -> str:
+    """The pipeline sections for the eager path: the preset's preprocessing and postprocessing,
+    every image at its own size (no engine bounds). ``pad_size_divisor`` / ``pad_size`` override the
+    preset's batch padding."""
+    pre = dict(preset_meta["preprocess"])
+    if pad_size is not None:
+        pre["pad"] = {"size": [int(pad_size[0]), int(pad_size[1])]}
+    elif pad_size_divisor is not None:
+        pre["pad"] = {"size_divisor": int(pad_size_divisor)}
+    geometry = input_geometry(dynamic=True, min_height=1, max_height=_ANY_SIZE, min_width=1, max_width=_ANY_SIZE,
+                              min_batch=1, max_batch=_ANY_SIZE)
+    return json.dumps({"dtype": dtype, "input": geometry, "preprocess": pre,
+                       "postprocess": dict(preset_meta["postprocess"])})
+
+
+def validate_engine_inputs(spec: Dict[str, Any], images: Any, masks: Any = None) -> None:
+    """Check an engine call's inputs (torch tensors or numpy arrays) against model.json with the
+    runtime's rule (codetr::core::validate_input_shapes); raises ValueError naming the input."""
+    given = [images] if masks is None else [images, masks]
+    shapes = [[int(s) for s in t.shape] for t in given]
+    dtypes = [str(t.dtype).replace("torch.", "") for t in given]
+    runtime.validate_engine_inputs(shapes, dtypes, json.dumps(spec))

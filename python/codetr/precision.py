@@ -6,8 +6,8 @@ stream and window-attention logits: :mod:`codetr.models.swin`; MSDA locations/we
 refinement, classification logits: already float32), but a checkpoint can still push one of the
 float16 matmuls past that range. The result is inf/NaN in boxes or scores, which NMS and top-k
 would pass on silently. :func:`check_finite_outputs` turns that into an error naming the cause and
-the fix; the Python post-processing and the ONNX engine call it, the C++ runtime has the same check
-after its engine (``codetr::check_finite_outputs``). It runs outside the model on purpose: an
+the fix; the Python post-processing and the ONNX engine call it, the C++ runtime checks every engine
+batch with the same rule and message (``codetr::core::check_finite``). It runs outside the model on purpose: an
 export-friendly forward has no data-dependent raise.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence
 
 import torch
+
+from codetr._native import runtime
 
 FLOAT16_MAX = 65504.0
 
@@ -24,15 +26,8 @@ class NonFiniteOutputError(RuntimeError):
 
 
 def nonfinite_message(what: str, bad: int, total: int, dtype: Optional[str]) -> str:
-    """The error text shared by the Python check and the C++ runtime (same wording)."""
-    head = f"{what} has {bad} non-finite value(s) (NaN/inf) out of {total}"
-    if dtype == "float16":
-        return (f"{head}: the float16 model overflowed (float16 stops at {FLOAT16_MAX:.0f}; Swin-L "
-                "checkpoints are known to exceed it); use --dtype bfloat16 (float32's range) or --dtype float32")
-    if dtype in ("bfloat16", "float32"):
-        return (f"{head}: a {dtype} model should not overflow; check the checkpoint (NaN/inf weights?) "
-                "and the input" + ("; try --dtype float32" if dtype == "bfloat16" else ""))
-    return f"{head}; if the model runs in float16 it overflowed: use bfloat16 or float32"
+    """The error text, written once in the C++ runtime core (codetr::core::nonfinite_message)."""
+    return runtime.nonfinite_message(what, bad, total, dtype or "")
 
 
 def _dtype_name(dtype) -> Optional[str]:

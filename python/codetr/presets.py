@@ -158,7 +158,7 @@ class Preset:
                 "std": list(p.std),
                 "mask": p.mask,
             },
-            "postprocess": {"score_thr": q.score_thr, "nms": nms, "max_per_img": q.max_per_img},
+            "postprocess": {"score_thr": q.score_thr, "nms": nms, "max_per_img": q.max_per_img, "clip": False},
         }
 
 

@@ -1,5 +1,6 @@
 #pragma once
-// model.json (schema v1), written by `codetr export` next to the engine package.
+// model.json (format_version 2), written by `codetr export` (python/codetr/modeljson.py, its one
+// writer; schema: python/codetr/model.schema.json) next to the engine package. No torch types.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -22,12 +23,13 @@ struct InputGeometry {
   int64_t min_batch = 1, max_batch = 1;  // dynamic batch (equal to `batch` for a static one)
   int64_t height = 0, width = 0;       // static engine size
   int64_t min_height = 0, max_height = 0, min_width = 0, max_width = 0;  // dynamic ranges
-  int64_t multiple = 32;
+  int64_t multiple = 1;  // dynamic engines: H and W must be multiples of this
 };
 
 struct PreprocessConfig {
   bool bgr_to_rgb = true;
   int64_t scale_long = 1333, scale_short = 800;  // mmdet's (long, short) resize scale
+  int64_t scale_w = 1333, scale_h = 800;          // the scale as written, (w, h): keep_ratio false
   bool keep_ratio = true;
   int64_t pad_size_divisor = 0;         // pad to a multiple of this (0: not given)
   int64_t pad_height = 0, pad_width = 0;  // pad to this fixed size (0: not given)
@@ -50,6 +52,7 @@ struct PostprocessConfig {
   float score_thr = 0.0f;
   NmsConfig nms;
   int64_t max_per_img = 100;
+  bool clip = false;  // clip final boxes to the original image (mmdet does not)
 };
 
 struct ModelConfig {
@@ -69,9 +72,19 @@ struct ModelConfig {
   PostprocessConfig postprocess;
 };
 
+// The model.json format_version this runtime reads.
+constexpr int kModelJsonVersion = 2;
+
 // Parses model.json text; `source` names the file in error messages. Throws codetr::Error
 // naming the missing or mistyped key (e.g. "model.json: key 'preprocess.mean' ...").
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source = "model.json");
+
+// The pipeline sections alone ("dtype", "input", "preprocess", "postprocess", as in model.json):
+// what the eager and ONNX paths need, parsed by the same code. Engine fields stay empty.
+ModelConfig parse_pipeline_config(const std::string& json_text, const std::string& source = "pipeline");
+
+// model.json back to text (the round trip the tests check against the Python writer).
+std::string model_config_to_json(const ModelConfig& config);
 
 // Reads and parses DIR/model.json. Throws codetr::Error when the file is absent or unreadable.
 ModelConfig load_model_config(const std::string& model_dir);

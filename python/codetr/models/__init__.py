@@ -1,22 +1,12 @@
 """Co-DINO in plain PyTorch: backbones, neck, transformer, head, detector and ``build_model``."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
 from codetr.models.codino import CoDINO
 from codetr.presets import COCO_CLASSES, Preset, get_preset
-
-_OP_LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_lib",
-                           "libcodetr_ops.so")
-
-
-def op_library_available() -> bool:
-    """True when the compiled MSDA op library has been built into codetr/_lib/."""
-    return os.path.isfile(_OP_LIBRARY)
-
 
 def build_model(preset: "str | Preset", checkpoint=None, device: "str | torch.device" = "cpu",
                 dtype: torch.dtype = torch.float32, msda_impl: Optional[str] = None,
@@ -25,8 +15,8 @@ def build_model(preset: "str | Preset", checkpoint=None, device: "str | torch.de
 
     checkpoint: path to an mmdet .pth / bare state_dict .pth / .safetensors, or a state_dict.
     device 'meta' builds without allocating weights (shape inspection).
-    msda_impl: 'op' (C++/CUDA op) or 'pytorch' (grid_sample); default 'op' when the op library
-    is built, else 'pytorch'. Change later with ``codetr.nn.set_msda_impl(model, impl)``.
+    msda_impl: 'op' (the C++/CUDA op, default; ``import codetr`` loads it) or 'pytorch'
+    (grid_sample). Change later with ``codetr.nn.set_msda_impl(model, impl)``.
     ``model.classes`` holds the class names from the checkpoint, else the preset's (COCO-80).
     """
     from codetr.checkpoint import load_checkpoint
@@ -45,8 +35,8 @@ def build_model(preset: "str | Preset", checkpoint=None, device: "str | torch.de
     model.preset = preset
     if str(device) != "meta":
         model = model.to(device=device, dtype=dtype)
-    set_msda_impl(model, msda_impl or ("op" if op_library_available() else "pytorch"))
-    set_cuda_fusions(model, op_library_available())
+    set_msda_impl(model, msda_impl or "op")
+    set_cuda_fusions(model, True)
     return model.eval().requires_grad_(False)
 
 
@@ -54,7 +44,7 @@ def set_cuda_fusions(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     """Turn the CUDA-only fused paths on or off: Swin window attention as one kernel
     (``torch.ops.codetr.window_attention``: float16/bfloat16, 32-channel heads, 4x4/8x8/12x12
     windows) and the transformer FFNs' bias + ReLU in the GEMM epilogue. Either applies only to CUDA
-    tensors; build_model enables them when the op library is built. ONNX export turns them off
+    tensors; build_model enables them. ONNX export turns them off
     (neither is an ONNX op). Returns ``model``."""
     for module in model.modules():
         if hasattr(module, "cuda_fusions"):
@@ -73,4 +63,4 @@ def min_dynamic_input_size(preset: "str | Preset") -> int:
     return 3 * 32
 
 
-__all__ = ["CoDINO", "build_model", "min_dynamic_input_size", "op_library_available", "COCO_CLASSES"]
+__all__ = ["CoDINO", "build_model", "min_dynamic_input_size", "COCO_CLASSES"]

@@ -1,38 +1,13 @@
-#include "codetr/postprocess.h"
+// Detection post-processing with mmdet/mmcv semantics on host arrays (core.h).
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
-#include "codetr/error.h"
-#include "postprocess_host.h"
+#include "core.h"
 
-namespace codetr {
+namespace codetr::core {
 namespace {
-
-void check_boxes_scores(const torch::Tensor& boxes, const torch::Tensor& scores, const char* op) {
-  if (boxes.dim() != 2 || boxes.size(1) != 4)
-    throw Error(std::string(op) + ": boxes must be (N,4), got " + c10::str(boxes.sizes()));
-  if (scores.dim() != 1 || scores.size(0) != boxes.size(0))
-    throw Error(std::string(op) + ": scores must be (N) with N = " + std::to_string(boxes.size(0)) + ", got " +
-                c10::str(scores.sizes()));
-}
-
-void check_labels(const torch::Tensor& labels, int64_t n, const char* op) {
-  if (labels.dim() != 1 || labels.size(0) != n)
-    throw Error(std::string(op) + ": labels must be (N) with N = " + std::to_string(n) + ", got " +
-                c10::str(labels.sizes()));
-}
-
-// Contiguous host copies (NMS is sequential; N is at most a few hundred).
-std::vector<float> host_floats(const torch::Tensor& t) {
-  torch::Tensor c = t.to(torch::kCPU, torch::kFloat).contiguous();
-  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-}
-std::vector<int64_t> host_longs(const torch::Tensor& t) {
-  torch::Tensor c = t.to(torch::kCPU, torch::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
 
 float area(const float* b) { return (b[2] - b[0]) * (b[3] - b[1]); }
 
@@ -43,13 +18,26 @@ float iou(const float* a, float area_a, const float* b, float area_b) {
   return inter / (area_a + area_b - inter);
 }
 
-// Indices into the input, in output order, and the kept (for soft-NMS: decayed) scores.
-struct Kept {
-  std::vector<int64_t> keep;
-  std::vector<float> scores;
+// The candidates of soft-NMS not yet selected nor dropped, stored by value in slots
+// [begin, size): contiguous arrays keep the per-selection passes cache-friendly and let the
+// compiler vectorise the decay pass.
+struct Candidates {
+  std::vector<float> x1, y1, x2, y2, area, score;
+  std::vector<int64_t> id;
+
+  void move(size_t to, size_t from) {
+    x1[to] = x1[from], y1[to] = y1[from], x2[to] = x2[from], y2[to] = y2[from];
+    area[to] = area[from], score[to] = score[from], id[to] = id[from];
+  }
+  void swap(size_t a, size_t b) {
+    std::swap(x1[a], x1[b]), std::swap(y1[a], y1[b]), std::swap(x2[a], x2[b]), std::swap(y2[a], y2[b]);
+    std::swap(area[a], area[b]), std::swap(score[a], score[b]), std::swap(id[a], id[b]);
+  }
 };
 
-Kept nms_host(const float* boxes, const float* scores, int64_t n, float iou_threshold) {
+}  // namespace
+
+Kept nms(const float* boxes, const float* scores, int64_t n, float iou_threshold) {
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return scores[a] > scores[b]; });
@@ -72,24 +60,7 @@ Kept nms_host(const float* boxes, const float* scores, int64_t n, float iou_thre
   return kept;
 }
 
-// The candidates of soft-NMS not yet selected nor dropped, stored by value in slots
-// [begin, size): contiguous arrays keep the per-selection passes cache-friendly and let the
-// compiler vectorise the decay pass.
-struct Candidates {
-  std::vector<float> x1, y1, x2, y2, area, score;
-  std::vector<int64_t> id;
-
-  void move(size_t to, size_t from) {
-    x1[to] = x1[from], y1[to] = y1[from], x2[to] = x2[from], y2[to] = y2[from];
-    area[to] = area[from], score[to] = score[from], id[to] = id[from];
-  }
-  void swap(size_t a, size_t b) {
-    std::swap(x1[a], x1[b]), std::swap(y1[a], y1[b]), std::swap(x2[a], x2[b]), std::swap(y2[a], y2[b]);
-    std::swap(area[a], area[b]), std::swap(score[a], score[b]), std::swap(id[a], id[b]);
-  }
-};
-
-Kept soft_nms_host(const float* boxes, const float* scores, int64_t n, float iou_threshold, SoftNmsMethod method,
+Kept soft_nms(const float* boxes, const float* scores, int64_t n, float iou_threshold, SoftNmsMethod method,
                    float sigma, float min_score) {
   if (method == SoftNmsMethod::kGaussian && !(sigma > 0)) throw Error("soft_nms: sigma must be positive");
   Candidates c;
@@ -147,8 +118,7 @@ Kept soft_nms_host(const float* boxes, const float* scores, int64_t n, float iou
   return kept;
 }
 
-Kept batched_nms_host(const float* boxes, const float* scores, const int64_t* labels, int64_t n,
-                      const NmsConfig& config) {
+Kept batched_nms(const float* boxes, const float* scores, const int64_t* labels, int64_t n, const NmsConfig& config) {
   if (config.type == NmsType::kNone || n == 0) {
     Kept all;
     all.keep.resize(n);
@@ -167,20 +137,13 @@ Kept batched_nms_host(const float* boxes, const float* scores, const int64_t* la
     const float offset = static_cast<float>(labels[i]) * class_stride;
     for (int k = 0; k < 4; ++k) shifted[4 * i + k] = boxes[4 * i + k] + offset;
   }
-  if (config.type == NmsType::kHard) return nms_host(shifted.data(), scores, n, config.iou_threshold);
-  return soft_nms_host(shifted.data(), scores, n, config.iou_threshold, config.method, config.sigma, config.min_score);
+  if (config.type == NmsType::kHard) return nms(shifted.data(), scores, n, config.iou_threshold);
+  return soft_nms(shifted.data(), scores, n, config.iou_threshold, config.method, config.sigma, config.min_score);
 }
 
-NmsResult to_result(const Kept& kept) {
-  return NmsResult{torch::tensor(kept.keep, torch::kLong).view({-1}), torch::tensor(kept.scores, torch::kFloat).view({-1})};
-}
-
-}  // namespace
-
-namespace detail {
-
-std::vector<Detection> postprocess_host(const float* boxes_in, const float* scores_in, const int64_t* labels_in,
-                                        int64_t count, const ImageMeta& meta, const PostprocessConfig& config) {
+std::vector<Detection> postprocess(const float* boxes_in, const float* scores_in, const int64_t* labels_in,
+                                   int64_t count, const ImageMeta& meta, const PostprocessConfig& config,
+                                   int64_t num_classes) {
   // score_thr (keep score > thr, in input order), then the rescale to original pixels. mmdet
   // (CoDINOHead) rescales before NMS; IoU is invariant to the per-axis scale, but the class
   // offsets and fp32 rounding are not, so the order matters for bit-level agreement.
@@ -191,63 +154,48 @@ std::vector<Detection> postprocess_host(const float* boxes_in, const float* scor
   labels.reserve(count);
   const float factors[4] = {meta.w_scale, meta.h_scale, meta.w_scale, meta.h_scale};
   for (int64_t i = 0; i < count; ++i) {
+    if (labels_in[i] < 0 || labels_in[i] >= num_classes)
+      throw Error("engine output label " + std::to_string(labels_in[i]) + " is outside the model's " +
+                  std::to_string(num_classes) + " classes (model.json 'classes' does not match the engine)");
     if (config.score_thr > 0 && !(scores_in[i] > config.score_thr)) continue;
     for (int k = 0; k < 4; ++k) boxes.push_back(boxes_in[4 * i + k] / factors[k]);
     scores.push_back(scores_in[i]);
     labels.push_back(labels_in[i]);
   }
   const int64_t n = static_cast<int64_t>(scores.size());
-  const Kept kept = batched_nms_host(boxes.data(), scores.data(), labels.data(), n, config.nms);
-
+  const Kept kept = batched_nms(boxes.data(), scores.data(), labels.data(), n, config.nms);
   const int64_t out_count = std::min<int64_t>(static_cast<int64_t>(kept.keep.size()), config.max_per_img);
   const float max_x = static_cast<float>(meta.original.width), max_y = static_cast<float>(meta.original.height);
   std::vector<Detection> dets(out_count);
   for (int64_t i = 0; i < out_count; ++i) {
     const float* b = &boxes[4 * kept.keep[i]];
     Detection& d = dets[i];
-    d.x1 = std::clamp(b[0], 0.f, max_x);
-    d.y1 = std::clamp(b[1], 0.f, max_y);
-    d.x2 = std::clamp(b[2], 0.f, max_x);
-    d.y2 = std::clamp(b[3], 0.f, max_y);
+    d.x1 = b[0], d.y1 = b[1], d.x2 = b[2], d.y2 = b[3];
+    if (config.clip) {
+      d.x1 = std::clamp(d.x1, 0.f, max_x), d.x2 = std::clamp(d.x2, 0.f, max_x);
+      d.y1 = std::clamp(d.y1, 0.f, max_y), d.y2 = std::clamp(d.y2, 0.f, max_y);
+    }
     d.score = kept.scores[i];
     d.label = labels[kept.keep[i]];
   }
   return dets;
 }
 
-}  // namespace detail
-
-NmsResult nms(const torch::Tensor& boxes_t, const torch::Tensor& scores_t, float iou_threshold) {
-  check_boxes_scores(boxes_t, scores_t, "nms");
-  const std::vector<float> boxes = host_floats(boxes_t), scores = host_floats(scores_t);
-  return to_result(nms_host(boxes.data(), scores.data(), scores_t.size(0), iou_threshold));
+std::string nonfinite_message(const std::string& what, int64_t bad, int64_t total, const std::string& dtype) {
+  std::string msg = what + " has " + std::to_string(bad) + " non-finite value(s) (NaN/inf) out of " + std::to_string(total);
+  if (dtype == "float16")
+    return msg + ": the float16 model overflowed (float16 stops at 65504; Swin-L checkpoints are known to exceed it); "
+                 "re-export with --dtype bfloat16 (float32's range) or --dtype float32";
+  if (dtype == "bfloat16" || dtype == "float32")
+    return msg + ": a " + dtype + " model should not overflow; check the checkpoint (NaN/inf weights?) and the input" +
+           (dtype == "bfloat16" ? "; try --dtype float32" : "");
+  return msg + "; if the model runs in float16 it overflowed: use bfloat16 or float32";
 }
 
-NmsResult soft_nms(const torch::Tensor& boxes_t, const torch::Tensor& scores_t, float iou_threshold,
-                   SoftNmsMethod method, float sigma, float min_score) {
-  check_boxes_scores(boxes_t, scores_t, "soft_nms");
-  const std::vector<float> boxes = host_floats(boxes_t), scores = host_floats(scores_t);
-  return to_result(
-      soft_nms_host(boxes.data(), scores.data(), scores_t.size(0), iou_threshold, method, sigma, min_score));
+void check_finite(const char* what, const float* values, int64_t n, const std::string& dtype) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += !std::isfinite(values[i]);
+  if (bad > 0) throw Error(nonfinite_message(what, bad, n, dtype));
 }
 
-NmsResult batched_nms(const torch::Tensor& boxes_t, const torch::Tensor& scores_t, const torch::Tensor& labels_t,
-                      const NmsConfig& config) {
-  check_boxes_scores(boxes_t, scores_t, "batched_nms");
-  check_labels(labels_t, boxes_t.size(0), "batched_nms");
-  const std::vector<float> boxes = host_floats(boxes_t), scores = host_floats(scores_t);
-  const std::vector<int64_t> labels = host_longs(labels_t);
-  return to_result(batched_nms_host(boxes.data(), scores.data(), labels.data(), scores_t.size(0), config));
-}
-
-std::vector<Detection> postprocess(const torch::Tensor& boxes_t, const torch::Tensor& scores_t,
-                                   const torch::Tensor& labels_t, const ImageMeta& meta,
-                                   const PostprocessConfig& config) {
-  check_boxes_scores(boxes_t, scores_t, "postprocess");
-  check_labels(labels_t, boxes_t.size(0), "postprocess");
-  const std::vector<float> boxes = host_floats(boxes_t), scores = host_floats(scores_t);
-  const std::vector<int64_t> labels = host_longs(labels_t);
-  return detail::postprocess_host(boxes.data(), scores.data(), labels.data(), scores_t.size(0), meta, config);
-}
-
-}  // namespace codetr
+}  // namespace codetr::core

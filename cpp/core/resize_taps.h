@@ -1,7 +1,8 @@
 #pragma once
 // OpenCV's INTER_LINEAR resize of 8-bit images, one output coordinate at a time: the two source
-// taps and their 11-bit fixed-point weights along one axis. Shared by the libtorch path (preprocess.cpp, host) and the fused CUDA kernel
-// (preprocess_cuda.cu, device) so that both round exactly like cv2.resize. On the device the
+// taps and their 11-bit fixed-point weights along one axis, the vertical blend, and the exact-2x
+// case that OpenCV hands to INTER_AREA. Shared by the host path (core/preprocess.cpp) and the
+// fused CUDA kernel (src/preprocess_cuda.cu) so that both round exactly like cv2.resize. On the device the
 // arithmetic uses explicitly rounded intrinsics: nvcc would otherwise contract a*b+c into an FMA,
 // which rounds once instead of twice and moves some coordinates by one ulp.
 #include <cstdint>
@@ -65,6 +66,25 @@ CODETR_HOST_DEVICE inline AxisTap axis_tap(int dst, int in_size, double scale, b
 #endif
   t.weight1 = coef_to_fixed(f);
   return t;
+}
+
+// cv::resize switches INTER_LINEAR to INTER_AREA when both scales are exactly 2 (source size
+// twice the destination size on both axes).
+CODETR_HOST_DEVICE inline bool is_exact_half(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w) {
+  return in_h == 2 * out_h && in_w == 2 * out_w;
+}
+
+// INTER_AREA's 2x2 average of 8-bit values, rounded half up.
+CODETR_HOST_DEVICE inline uint8_t area_half(int a, int b, int c, int d) {
+  return static_cast<uint8_t>((a + b + c + d + 2) >> 2);
+}
+
+// The vertical pass of OpenCV's 8-bit INTER_LINEAR on two horizontally resized rows (value *
+// 2^11): each product is taken as (w * (S >> 4)) >> 16, the two are summed, then (+2) >> 2
+// rounds away the remaining 2 bits.
+CODETR_HOST_DEVICE inline uint8_t vertical_blend(int32_t top, int32_t bottom, int w0, int w1) {
+  const int v = ((((top >> 4) * w0) >> 16) + (((bottom >> 4) * w1) >> 16) + 2) >> 2;
+  return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
 }  // namespace codetr::resize

@@ -1,0 +1,80 @@
+"""``codetr.Detector``: an exported model directory run by the C++ runtime (libcodetr), from Python.
+
+    det = codetr.Detector("engines/swin_l")             # device from model.json
+    result = det.detect(cv2.imread("photo.jpg"))       # BGR uint8 HxWx3 -> Detections
+    results = det.detect([img0, img1])                 # a list -> a list, batched by the engine
+
+The binding (codetr._lib._runtime) calls the same ``codetr::Detector`` as codetr-detect:
+preprocessing, engine, postprocessing and every check are the C++ library's, so results equal the
+CLI's bit for bit. The GIL is released while it runs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from codetr._native import runtime
+
+
+@dataclass
+class Detections:
+    """One image's detections, in original-image pixels."""
+    boxes: np.ndarray        # (N, 4) float32 xyxy
+    scores: np.ndarray       # (N,) float32
+    labels: np.ndarray       # (N,) int64 class indices
+    class_names: List[str]   # (N,) the labels' names
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Detector:
+    """A model directory written by ``codetr export`` (model.json + model.pt2), loaded once.
+
+    device: "cpu" or "cuda" (default: model.json's; an AOTInductor package runs only there).
+    score_thr / max_per_img / clip_boxes override model.json's postprocess section (clip_boxes
+    default False, as mmdetection). cuda_graphs: run a static CUDA engine as one CUDA graph.
+    num_runners: engine instances for concurrent detect() calls from several threads.
+    Errors (bad model dir, bad image) raise ``codetr.Error`` (a ValueError) naming the problem.
+    """
+
+    def __init__(self, model_dir: Union[str, Path], device: Optional[str] = None, *, device_index: int = -1,
+                 score_thr: Optional[float] = None, max_per_img: Optional[int] = None,
+                 clip_boxes: Optional[bool] = None, cuda_graphs: bool = False, num_runners: int = 1,
+                 ops_library: Optional[str] = None):
+        self.model_dir = Path(model_dir)
+        self._impl = runtime.Detector(str(model_dir), device or "", device_index, ops_library or "", num_runners,
+                                      cuda_graphs, score_thr, max_per_img, clip_boxes)
+        self.classes: List[str] = list(self._impl.classes)
+        self.config: Dict = json.loads(self._impl.config_json)
+
+    @property
+    def max_batch(self) -> int:
+        """Images per engine call."""
+        return self._impl.max_batch
+
+    @property
+    def device(self) -> str:
+        return self._impl.device
+
+    def detect(self, images: Union[np.ndarray, Sequence[np.ndarray]], order: str = "bgr"
+               ) -> Union[Detections, List[Detections]]:
+        """uint8 HxWx3 image(s) (``order`` "bgr" as cv2.imread gives, or "rgb") -> Detections, or a
+        list of them for a list of images (any number: split into engine batches)."""
+        single = isinstance(images, np.ndarray)
+        batch = [images] if single else list(images)
+        results = [self._wrap(r) for r in self._impl.detect(batch, order)]
+        return results[0] if single else results
+
+    def detect_timed(self, images: Sequence[np.ndarray], order: str = "bgr"):
+        """detect() plus the wall time of each stage (ms; the device is synchronised per stage)."""
+        results, times = self._impl.detect(list(images), order, True)
+        return [self._wrap(r) for r in results], times
+
+    def _wrap(self, arrays) -> Detections:
+        boxes, scores, labels = arrays
+        return Detections(boxes, scores, labels, [self.classes[i] for i in labels])
