@@ -235,6 +235,64 @@ PYBIND11_MODULE(_runtime, m) {
           },
           py::arg("images"), py::arg("order") = "bgr", py::arg("timed") = false,
           "images: list of uint8 HxWx3 arrays -> list of (boxes (N,4) float32, scores (N,), labels (N,) int64)")
+      .def(
+          "run_stream",
+          [](const Detector& self, py::iterator frames, py::function on_result, const std::string& order,
+             size_t queue_depth, size_t batch) {
+            const PixelOrder pixel_order = order_of(order);
+            int64_t next_index = 0;
+            // Python objects cross the pipeline's threads: every touch takes the GIL, including
+            // the release of the last reference to a frame's array.
+            FrameSource source = [&](Frame& frame) {
+              py::gil_scoped_acquire gil;
+              if (frames == py::iterator::sentinel()) return false;
+              py::object item = py::reinterpret_borrow<py::object>(*frames);
+              ++frames;
+              py::array array;
+              double timestamp = 0;
+              int64_t index = next_index;
+              if (py::isinstance<py::tuple>(item)) {
+                const py::tuple t = item.cast<py::tuple>();
+                if (t.size() != 3) throw Error("a stream item is an image or (index, timestamp_ms, image)");
+                index = t[0].cast<int64_t>();
+                timestamp = t[1].cast<double>();
+                array = t[2].cast<py::array>();
+              } else {
+                array = item.cast<py::array>();
+              }
+              next_index = index + 1;
+              frame.image = view_of(array, pixel_order, static_cast<size_t>(index));
+              frame.index = index;
+              frame.timestamp_ms = timestamp;
+              frame.owner = std::shared_ptr<const void>(new py::object(array), [](const void* p) {
+                py::gil_scoped_acquire release_gil;
+                delete static_cast<const py::object*>(p);
+              });
+              return true;
+            };
+            FrameSink sink = [&](const Frame& frame, const std::vector<Detection>& dets, const std::string& error) {
+              py::gil_scoped_acquire gil;
+              on_result(frame.index, frame.timestamp_ms, detections_arrays(dets), error.empty() ? py::object(py::none())
+                                                                                               : py::str(error));
+            };
+            StreamOptions options;
+            options.queue_depth = queue_depth;
+            options.batch = batch;
+            StreamStats stats;
+            {
+              py::gil_scoped_release release;
+              stats = self.run_stream(source, sink, options);
+            }
+            py::dict d;
+            d["frames"] = stats.frames;
+            d["failed"] = stats.failed;
+            d["seconds"] = stats.seconds;
+            return d;
+          },
+          py::arg("frames"), py::arg("on_result"), py::arg("order") = "bgr", py::arg("queue_depth") = 8,
+          py::arg("batch") = 0,
+          "Pipelined detection over an iterator of images or (index, timestamp_ms, image); on_result(index, "
+          "timestamp_ms, (boxes, scores, labels), error or None) is called in order.")
       .def_property_readonly("classes", [](const Detector& self) { return self.config().classes; })
       .def_property_readonly("max_batch", &Detector::max_batch)
       .def_property_readonly("device", &Detector::device)

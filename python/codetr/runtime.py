@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -74,6 +74,27 @@ class Detector:
         """detect() plus the wall time of each stage (ms; the device is synchronised per stage)."""
         results, times = self._impl.detect(list(images), order, True)
         return [self._wrap(r) for r in results], times
+
+    def detect_stream(self, frames: Iterable, on_result: Optional[Callable] = None, order: str = "bgr",
+                      queue_depth: int = 8, batch: Optional[int] = None):
+        """Pipelined detection over a stream (video frames, a camera): ``frames`` yields uint8 HxWx3
+        images or (index, timestamp_ms, image) tuples. Decoding (iterating ``frames``), detection in
+        batches of consecutive frames and ``on_result(index, timestamp_ms, Detections or None, error
+        or None)`` run in three threads with bounded queues, in frame order; a frame that fails is
+        reported with its error and the stream goes on. Without ``on_result`` the results are
+        returned as a list of (index, timestamp_ms, Detections or None, error or None).
+        Returns (results or None, stats {"frames", "failed", "seconds"})."""
+        collected: Optional[list] = [] if on_result is None else None
+
+        def deliver(index, timestamp, arrays, error):
+            dets = None if error is not None else self._wrap(arrays)
+            if collected is not None:
+                collected.append((index, timestamp, dets, error))
+            else:
+                on_result(index, timestamp, dets, error)
+
+        stats = self._impl.run_stream(iter(frames), deliver, order, queue_depth, batch or 0)
+        return collected, stats
 
     def _wrap(self, arrays) -> Detections:
         boxes, scores, labels = arrays

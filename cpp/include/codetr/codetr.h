@@ -8,6 +8,7 @@
 //   for (const codetr::Detection& d : detector.detect(image)) ...
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,6 +68,34 @@ struct DetectorOptions {
   std::optional<bool> clip_boxes;  // default false: mmdetection does not clip after rescaling
 };
 
+// One frame of a stream (video file, camera, frame folder) for Detector::run_stream.
+struct Frame {
+  ImageView image;
+  int64_t index = 0;         // the source's frame number
+  double timestamp_ms = 0;   // the source's presentation time
+  // Keeps the pixels alive while the frame is in flight (the sink is the last to see it).
+  std::shared_ptr<const void> owner;
+};
+
+struct StreamOptions {
+  size_t queue_depth = 8;  // frames buffered between two stages (memory does not grow with the stream)
+  size_t batch = 0;        // frames per engine call (0: the engine's max batch)
+};
+
+struct StreamStats {
+  int64_t frames = 0;  // frames handed to the sink
+  int64_t failed = 0;  // of which with an error
+  double seconds = 0;  // wall time of run_stream
+};
+
+// Produces the next frame; returns false at the end of the stream. Called from one thread (the
+// decode stage). An exception ends the stream: run_stream delivers every frame read before it,
+// then rethrows it.
+using FrameSource = std::function<bool(Frame& frame)>;
+// Receives every frame in source order, from one thread (the output stage): its detections, or an
+// error message (then `detections` is empty) when that frame could not be processed.
+using FrameSink = std::function<void(const Frame& frame, const std::vector<Detection>& detections, const std::string& error)>;
+
 // The op library the Detector loads when DetectorOptions::ops_library is empty: $CODETR_OPS_LIBRARY,
 // else libcodetr_ops.so beside libcodetr.so (installed and build trees keep them together).
 // Returns "" when neither exists. Python's `import codetr` asks this same function.
@@ -94,6 +123,13 @@ class Detector {
   // the image (by position) or the stage that failed.
   std::vector<std::vector<Detection>> detect(const std::vector<ImageView>& images, StageTimes* times = nullptr) const;
   std::vector<Detection> detect(const ImageView& image) const;
+
+  // A pipeline over a stream: decoding (the source), detection in batches of consecutive frames,
+  // and output (the sink) run in three threads connected by bounded queues, so decoding and
+  // encoding overlap the engine. A frame that fails (e.g. an image the engine cannot take) is
+  // reported to the sink with its error; the others continue. Returns when the source is exhausted
+  // and every frame has reached the sink.
+  StreamStats run_stream(const FrameSource& source, const FrameSink& sink, StreamOptions options = {}) const;
 
   const ModelConfig& config() const;
   const PostprocessConfig& postprocess_config() const;  // model.json's, with the options' overrides
