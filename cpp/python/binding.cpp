@@ -241,13 +241,17 @@ PYBIND11_MODULE(_runtime, m) {
              size_t queue_depth, size_t batch) {
             const PixelOrder pixel_order = order_of(order);
             int64_t next_index = 0;
+            bool started = false;
             // Python objects cross the pipeline's threads: every touch takes the GIL, including
             // the release of the last reference to a frame's array.
             FrameSource source = [&](Frame& frame) {
               py::gil_scoped_acquire gil;
+              // Advance only when the next frame is asked for: an error raised by the iterator then
+              // belongs to that frame, after the previous one went down the pipeline.
+              if (started) ++frames;
+              started = true;
               if (frames == py::iterator::sentinel()) return false;
               py::object item = py::reinterpret_borrow<py::object>(*frames);
-              ++frames;
               py::array array;
               double timestamp = 0;
               int64_t index = next_index;
