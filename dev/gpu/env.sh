@@ -1,0 +1,31 @@
+# Sourced by the GPU-machine scripts in dev/gpu (run through the device tool; not run alone): work
+# from the repository root, logs under $OUT, Python from this checkout, the system compiler (the
+# image's /opt/gcc links a static libstdc++ that crashes torch extensions on their first error),
+# nlohmann/json.hpp from the carried .deps (the machine has none), wheels from the carried .whl.
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
+export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+ENGINES=${ENGINES:-/tmp/engines}
+
+install_wheels() {
+  [ -d .whl ] || return 0
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+}
+
+# The op library, libcodetr, the binding and codetr-detect (TESTS=ON adds the GoogleTests) in build-device.
+build_native() {
+  CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=ON \
+    -DCODETR_BUILD_TESTS=${TESTS:-OFF} -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include > "$OUT/build.log" 2>&1 \
+    || { tail -40 "$OUT/build.log"; exit 1; }
+  DETECT=$PWD/build-device/cpp/codetr-detect
+}
+
+# The demo image as binary PPM (codetr-detect on this machine is built without OpenCV).
+demo_ppm() {
+  IMAGE=/tmp/demo.ppm
+  python3 -c "from PIL import Image; Image.open('python/codetr/assets/demo.jpg').convert('RGB').save('$IMAGE')"
+}
