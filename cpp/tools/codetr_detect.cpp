@@ -197,8 +197,10 @@ codetr::ImageView view_of(const BgrImage& image) {
 }
 
 int run_benchmark(const codetr::Detector& detector, const std::vector<BgrImage>& images, int iterations) {
+  // One full engine batch: the inputs, repeated when there are fewer than the engine takes.
   std::vector<codetr::ImageView> views;
   for (const BgrImage& m : images) views.push_back(view_of(m));
+  for (size_t i = 0; views.size() < static_cast<size_t>(detector.max_batch()); ++i) views.push_back(views[i]);
   const int warmup = std::max(3, iterations / 10);
   std::cerr << "benchmark: " << warmup << " warm-up runs, then " << iterations << " timed runs of a batch of "
             << views.size() << " image(s) on " << detector.device() << "\n";

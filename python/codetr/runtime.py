@@ -26,7 +26,12 @@ class Detections:
     boxes: np.ndarray        # (N, 4) float32 xyxy
     scores: np.ndarray       # (N,) float32
     labels: np.ndarray       # (N,) int64 class indices
-    class_names: List[str]   # (N,) the labels' names
+    classes: List[str]       # the model's class names (shared, not copied)
+
+    @property
+    def class_names(self) -> List[str]:
+        """The labels' names, (N,)."""
+        return [self.classes[i] for i in self.labels.tolist()]
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -98,4 +103,4 @@ class Detector:
 
     def _wrap(self, arrays) -> Detections:
         boxes, scores, labels = arrays
-        return Detections(boxes, scores, labels, [self.classes[i] for i in labels])
+        return Detections(boxes, scores, labels, self.classes)
