@@ -1,6 +1,6 @@
 """A tiny stand-in for an exported Co-DINO engine, used to test the C++ runtime.
 
-It follows the engine contract of model.json v1 (forward(images[, masks]) -> boxes (B,Q,4) xyxy
+It follows the engine contract of model.json (forward(images[, masks]) -> boxes (B,Q,4) xyxy
 in input pixels clamped to the valid region, scores (B,Q), labels (B,Q) int64) with a few
 deterministic ops of the image, so the C++ runtime's detections can be compared with this module
 run eagerly in Python. `build_package` compiles it to a CPU AOTInductor package with model.json.
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from codetr import modeljson
 
 NUM_QUERIES = 300
 CLASSES = ["disc", "box", "bar", "ring", "dot"]
@@ -71,7 +73,7 @@ def model_json(batch: int, height: int, width: int, with_mask: bool, classes=CLA
     if with_mask:
         inputs.append({"name": "masks", "shape": [batch, height, width], "dtype": "bool"})
     spec = {
-        "format_version": 1,
+        "format_version": modeljson.FORMAT_VERSION,
         "preset": "standin",
         "engine": {"format": "aoti", "file": "model.pt2"},
         "device": "cpu",
@@ -102,6 +104,7 @@ def model_json(batch: int, height: int, width: int, with_mask: bool, classes=CLA
             "nms": {"type": "soft_nms", "iou_threshold": 0.8, "method": "linear", "sigma": 0.5,
                     "min_score": 0.001},
             "max_per_img": 100,
+            "clip": False,
         },
     }
     if dynamic:
@@ -129,9 +132,14 @@ def build_package(out_dir: os.PathLike, batch: int = 2, height: int = 160, width
         dynamic_shapes = {"images": {0: b, 2: 32 * h, 3: 32 * w}, "masks": {0: b, 1: 32 * h, 2: 32 * w} if with_mask else None}
     with torch.no_grad():
         exported = torch.export.export(engine, args, dynamic_shapes=dynamic_shapes)
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(out / "model.pt2"))
     spec = model_json(batch, height, width, with_mask, dynamic=dynamic)
-    (out / "model.json").write_text(json.dumps(spec, indent=2))
+    # The package records what it is compiled for, as codetr export's packages do.
+    contract = modeljson.engine_contract(spec["dtype"], spec["input"], spec["inputs"], spec["outputs"])
+    with torch.no_grad():
+        torch._inductor.aoti_compile_and_package(
+            exported, package_path=str(out / "model.pt2"),
+            inductor_configs={"aot_inductor.metadata": {modeljson.ENGINE_CONTRACT_KEY: contract}})
+    modeljson.write_model_json(out, spec)
     return out
 
 

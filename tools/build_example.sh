@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${CODETR_BUILD_DIR:-build}
 PREFIX="$BUILD_DIR/install"
-if ! ls "$BUILD_DIR"/cpp/libcodetr.so* > /dev/null 2>&1; then
-  echo "build_example: $BUILD_DIR/cpp/libcodetr.so is not built (is CODETR_BUILD_RUNTIME OFF in $BUILD_DIR/CMakeCache.txt?" \
+if [ ! -f "$BUILD_DIR/build.ninja" ] || ! grep -q "CODETR_BUILD_RUNTIME:BOOL=ON" "$BUILD_DIR/CMakeCache.txt"; then
+  echo "build_example: the runtime is not configured in $BUILD_DIR (is CODETR_BUILD_RUNTIME OFF in $BUILD_DIR/CMakeCache.txt?" \
        "reconfigure with tools/build.sh -DCODETR_BUILD_RUNTIME=ON)" >&2
   exit 1
 fi

@@ -3,13 +3,16 @@
 #include <filesystem>
 #include <string>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "codetr/error.h"
 #include "codetr/model_config.h"
 
 namespace {
 
 const std::string kValid = R"({
-  "format_version": 1, "preset": "tiny", "engine": {"format": "aoti", "file": "model.pt2"},
+  "format_version": 2, "preset": "tiny", "engine": {"format": "aoti", "file": "model.pt2"},
   "device": "cpu", "dtype": "float16", "torch_version": "2.11.0+cu130", "codetr_version": "0.1.0",
   "classes": ["a", "b"],
   "input": {"batch": 2, "dynamic": false, "height": 64, "width": 96, "multiple": 32},
@@ -20,12 +23,12 @@ const std::string kValid = R"({
               {"name": "labels", "shape": [2, 300], "dtype": "int64"}],
   "preprocess": {"bgr_to_rgb": true,
                  "resize": {"scale": [800, 1333], "keep_ratio": true, "interpolation": "bilinear"},
-                 "pad": {"size_divisor": 32}, "pad_value": 114, "pad_stage": "before_normalize",
+                 "pad": {"size": [64, 96]}, "pad_value": 114, "pad_stage": "before_normalize",
                  "mean": [1, 2, 3], "std": [4, 5, 6], "mask": "padding"},
   "postprocess": {"score_thr": 0.25,
                   "nms": {"type": "soft_nms", "iou_threshold": 0.8, "method": "gaussian", "sigma": 0.5,
                           "min_score": 0.001},
-                  "max_per_img": 300}
+                  "max_per_img": 300, "clip": false}
 })";
 
 // Replaces the first occurrence of `from` in kValid (the test fails if it is absent).
@@ -56,7 +59,12 @@ TEST(ModelConfig, ParsesEveryField) {
   EXPECT_EQ(c.inputs[1].shape, (std::vector<int64_t>{2, 64, 96}));
   EXPECT_EQ(c.preprocess.scale_long, 1333);  // (long, short) whatever the order in the file
   EXPECT_EQ(c.preprocess.scale_short, 800);
-  EXPECT_EQ(c.preprocess.pad_size_divisor, 32);
+  EXPECT_EQ(c.preprocess.pad_height, 64);
+  EXPECT_EQ(c.preprocess.pad_width, 96);
+  EXPECT_EQ(c.preprocess.scale_w, 800);  // mmdet's scale as written, (w, h)
+  EXPECT_EQ(c.preprocess.scale_h, 1333);
+  EXPECT_EQ(c.input.multiple, 32);
+  EXPECT_FALSE(c.postprocess.clip);
   EXPECT_EQ(c.preprocess.pad_stage, codetr::PadStage::kBeforeNormalize);
   EXPECT_FLOAT_EQ(c.preprocess.pad_value, 114.f);
   EXPECT_FLOAT_EQ(c.preprocess.std[2], 6.f);
@@ -89,9 +97,67 @@ TEST(ModelConfig, BadEnumValueListsTheAllowedOnes) {
 }
 
 TEST(ModelConfig, RejectsOtherFormatVersionsAndBrokenJson) {
-  EXPECT_NE(error_of(edit(R"("format_version": 1)", R"("format_version": 2)")).find("format_version 2"),
+  EXPECT_NE(error_of(edit(R"("format_version": 2)", R"("format_version": 1)")).find("format_version 1 is not supported"),
             std::string::npos);
-  EXPECT_NE(error_of("{\"format_version\": 1,").find("not valid JSON"), std::string::npos);
+  EXPECT_NE(error_of("{\"format_version\": 2,").find("not valid JSON"), std::string::npos);
+}
+
+TEST(ModelConfig, EveryContractKeyIsRequired) {
+  // No silent defaults: the one writer always writes these.
+  EXPECT_NE(error_of(edit(R"(, "multiple": 32)", "")).find("missing key 'input.multiple'"), std::string::npos);
+  EXPECT_NE(error_of(edit(R"(, "clip": false)", "")).find("missing key 'postprocess.clip'"), std::string::npos);
+  EXPECT_NE(error_of(edit(R"("codetr_version": "0.1.0",)", "")).find("missing key 'codetr_version'"), std::string::npos);
+}
+
+TEST(ModelConfig, InputShapesMustAgreeWithTheGeometry) {
+  const std::string msg = error_of(edit(R"("height": 64)", R"("height": 32)"));
+  EXPECT_NE(msg.find("'inputs[0].shape' [2, 3, 64, 96] disagrees with 'input' (batch 2, 3, 32, 96)"), std::string::npos)
+      << msg;
+  const std::string msg2 = error_of(edit(R"("pad": {"size": [64, 96]})", R"("pad": {"size_divisor": 32})"));
+  EXPECT_NE(msg2.find("before_normalize needs a fixed 'preprocess.pad.size'"), std::string::npos) << msg2;
+  const std::string msg3 = error_of(edit(R"("file": "model.pt2")", R"("file": "../elsewhere/model.pt2")"));
+  EXPECT_NE(msg3.find("'engine.file' must be a file name inside the model directory"), std::string::npos) << msg3;
+}
+
+TEST(ModelConfig, RoundTripsThroughItsSerialiser) {
+  const codetr::ModelConfig a = codetr::parse_model_config(kValid);
+  const std::string text = codetr::model_config_to_json(a);
+  const codetr::ModelConfig b = codetr::parse_model_config(text);
+  EXPECT_EQ(codetr::model_config_to_json(b), text);
+  EXPECT_EQ(b.preprocess.scale_w, 800);
+  EXPECT_EQ(b.postprocess.nms.method, codetr::SoftNmsMethod::kGaussian);
+  EXPECT_EQ(b.inputs[1].shape, a.inputs[1].shape);
+}
+
+TEST(ModelConfig, PipelineSectionsParseAlone) {
+  const codetr::ModelConfig p = codetr::parse_pipeline_config(R"({"dtype": "float32",
+    "input": {"dynamic": true, "min_batch": 1, "max_batch": 8, "min_height": 1, "max_height": 4096,
+              "min_width": 1, "max_width": 4096, "multiple": 1},
+    "preprocess": {"bgr_to_rgb": true, "resize": {"scale": [1333, 800], "keep_ratio": false, "interpolation": "bilinear"},
+                   "pad": {"size_divisor": 1}, "pad_value": 0, "pad_stage": "after_normalize",
+                   "mean": [1, 2, 3], "std": [1, 1, 1], "mask": "padding"},
+    "postprocess": {"score_thr": 0, "nms": {"type": "none"}, "max_per_img": 100, "clip": true}})");
+  EXPECT_FALSE(p.preprocess.keep_ratio);
+  EXPECT_EQ(p.preprocess.scale_w, 1333);
+  EXPECT_TRUE(p.postprocess.clip);
+  EXPECT_TRUE(p.engine_file.empty());
+}
+
+TEST(ModelConfig, AFifoIsRefusedNotRead) {
+  // POSIX calls: this binary also links libtorch, whose exported std::filesystem::remove_all
+  // copy crashes when called from here.
+  char dir_template[] = "/tmp/codetr_test_fifo_XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template, fifo = dir + "/model.json";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  try {
+    codetr::load_model_config(dir);
+    ADD_FAILURE() << "no error";
+  } catch (const codetr::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not a regular file"), std::string::npos) << e.what();
+  }
+  unlink(fifo.c_str());
+  rmdir(dir.c_str());
 }
 
 TEST(ModelConfig, ChecksTheEngineContract) {

@@ -1,5 +1,6 @@
-// preprocess() on a CUDA device (the fused kernel when the runtime is built with CUDA) against
-// the libtorch path on the CPU, which is tested bit-exact with cv2.resize. Skipped without a GPU.
+// detail::preprocess_batch on a CUDA device (the fused kernel when the runtime is built with CUDA)
+// against the host path (core::preprocess_host), which is tested bit-exact with cv2.resize.
+// Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <iostream>
@@ -7,7 +8,8 @@
 
 #include <torch/cuda.h>
 
-#include "codetr/preprocess.h"
+#include "core.h"
+#include "engine.h"
 
 namespace {
 
@@ -34,8 +36,8 @@ codetr::ModelConfig static_config(int64_t height, int64_t width) {
   c.input.batch = c.input.min_batch = c.input.max_batch = 1;
   c.input.height = height;
   c.input.width = width;
-  c.preprocess.scale_long = width;
-  c.preprocess.scale_short = height;
+  c.preprocess.scale_long = c.preprocess.scale_w = width;
+  c.preprocess.scale_short = c.preprocess.scale_h = height;
   const float mean[3] = {123.675f, 116.28f, 103.53f}, std[3] = {58.395f, 57.12f, 57.375f};
   for (int ch = 0; ch < 3; ++ch) c.preprocess.mean[ch] = mean[ch], c.preprocess.std[ch] = std[ch];
   c.preprocess.padding_mask = true;
@@ -51,11 +53,22 @@ int64_t max_ulp_distance(const torch::Tensor& a, const torch::Tensor& b) {
   return (ordered(ia) - ordered(ib)).abs().max().item<int64_t>();
 }
 
+struct Prepared {
+  torch::Tensor images, masks;
+  std::vector<codetr::core::ImageMeta> metas;
+};
+
+Prepared prepare(const std::vector<codetr::ImageView>& views, const codetr::ModelConfig& config,
+                 const torch::Device& device) {
+  codetr::detail::EngineBatch b = codetr::detail::preprocess_batch(views, config, device);
+  return Prepared{b.inputs[0], b.inputs.size() > 1 ? b.inputs[1] : torch::Tensor(), b.plan.metas};
+}
+
 void expect_same_batch(const std::vector<codetr::ImageView>& views, const codetr::ModelConfig& config,
                        const std::string& what) {
   SCOPED_TRACE(what);
-  const codetr::PreprocessedBatch cpu = codetr::preprocess(views, config, torch::kCPU);
-  const codetr::PreprocessedBatch gpu = codetr::preprocess(views, config, torch::Device(torch::kCUDA));
+  const Prepared cpu = prepare(views, config, torch::kCPU);
+  const Prepared gpu = prepare(views, config, torch::Device(torch::kCUDA));
   ASSERT_TRUE(gpu.images.is_cuda());
   ASSERT_EQ(gpu.images.sizes(), cpu.images.sizes());
   ASSERT_EQ(gpu.images.scalar_type(), cpu.images.scalar_type());
@@ -90,9 +103,9 @@ class PreprocessCuda : public ::testing::Test {
 };
 
 // (height, width, row padding in bytes): upscale, downscale, odd sizes, portrait and landscape,
-// a one-pixel-high strip, rows wider than width*3.
-const int64_t kSizes[][3] = {{97, 131, 0},  {480, 640, 0}, {301, 77, 5},  {1000, 1501, 0},
-                             {1, 7, 0},     {33, 1, 3},    {199, 295, 11}, {200, 296, 0}};
+// a one-pixel-high strip, rows wider than width*3, an exact 2x downscale (OpenCV's INTER_AREA case).
+const int64_t kSizes[][3] = {{97, 131, 0}, {480, 640, 0},   {301, 77, 5},   {1000, 1501, 0}, {1, 7, 0},
+                             {33, 1, 3},   {199, 295, 11}, {200, 296, 0}, {400, 592, 0},   {400, 592, 7}};
 
 TEST_F(PreprocessCuda, ResizedUint8ValuesEqualTheCpuResize) {
   // mean 0, std 1, no channel flip: the fp32 output is the resized uint8 image itself.
@@ -102,12 +115,11 @@ TEST_F(PreprocessCuda, ResizedUint8ValuesEqualTheCpuResize) {
   uint32_t seed = 0;
   for (const auto& s : kSizes) {
     const TestImage image = random_image(s[0], s[1], codetr::PixelOrder::kBGR, s[2], ++seed);
-    const codetr::PreprocessedBatch gpu = codetr::preprocess({image.view}, config, torch::Device(torch::kCUDA));
-    const codetr::Size2 r = gpu.metas[0].resized;
-    const int64_t stride = image.view.row_stride ? image.view.row_stride : s[1] * 3;
-    const torch::Tensor hwc =
-        torch::from_blob(const_cast<uint8_t*>(image.bytes.data()), {s[0], s[1], 3}, {stride, 3, 1}, torch::kByte).contiguous();
-    const torch::Tensor expected = codetr::resize_bilinear_u8(hwc, r.height, r.width).permute({2, 0, 1});
+    const Prepared gpu = prepare({image.view}, config, torch::Device(torch::kCUDA));
+    const codetr::core::Size2 r = gpu.metas[0].resized;
+    torch::Tensor resized = torch::empty({r.height, r.width, 3}, torch::kByte);
+    codetr::core::resize_u8(image.view, r, resized.data_ptr<uint8_t>());
+    const torch::Tensor expected = resized.permute({2, 0, 1});
     const torch::Tensor got = gpu.images[0].cpu().narrow(1, 0, r.height).narrow(2, 0, r.width);
     EXPECT_TRUE(torch::equal(got, expected.to(torch::kFloat))) << s[0] << "x" << s[1] << " -> " << r.height << "x"
                                                                 << r.width;
@@ -143,13 +155,14 @@ TEST_F(PreprocessCuda, BatchOfDifferentSizesInADynamicEngineAndNoMask) {
   config.input.max_batch = 4;
   config.input.min_height = config.input.min_width = 32;
   config.input.max_height = config.input.max_width = 1344;
-  config.preprocess.scale_long = 1333;
-  config.preprocess.scale_short = 800;
+  config.preprocess.scale_long = config.preprocess.scale_w = 1333;
+  config.preprocess.scale_short = config.preprocess.scale_h = 800;
   config.preprocess.pad_size_divisor = 32;
   std::vector<TestImage> images;
   images.push_back(random_image(480, 640, codetr::PixelOrder::kBGR, 0, 7));
   images.push_back(random_image(333, 517, codetr::PixelOrder::kRGB, 9, 8));
   images.push_back(random_image(517, 333, codetr::PixelOrder::kBGR, 0, 9));
+  images.push_back(random_image(1600, 2666, codetr::PixelOrder::kBGR, 0, 10));  // exact 2x to 800x1333
   std::vector<codetr::ImageView> views;
   for (const TestImage& i : images) views.push_back(i.view);
   for (const char* dtype : {"float32", "float16"})

@@ -1,96 +1,127 @@
 #include <gtest/gtest.h>
 
-#include <limits>
-
-#include "codetr/detector.h"
-#include "codetr/error.h"
+#include "core.h"
+#include "engine.h"
 
 namespace {
 
-std::vector<codetr::TensorSpec> specs() {
-  return {{"images", {2, 3, 8, 12}, "float16"}, {"masks", {2, 8, 12}, "bool"}};
+namespace core = codetr::core;
+
+// A static batch-2 8x12 float16 engine with a padding mask.
+codetr::ModelConfig config() {
+  codetr::ModelConfig c;
+  c.dtype = "float16";
+  c.input.batch = c.input.min_batch = c.input.max_batch = 2;
+  c.input.height = 8;
+  c.input.width = 12;
+  c.input.multiple = 4;
+  c.inputs = {{"images", {2, 3, 8, 12}, "float16"}, {"masks", {2, 8, 12}, "bool"}};
+  c.outputs = {{"boxes", {2, 300, 4}, "float32"}, {"scores", {2, 300}, "float32"}, {"labels", {2, 300}, "int64"}};
+  return c;
 }
 
-std::string error_of(const std::vector<torch::Tensor>& inputs) {
+// A dynamic engine: batch 1..4, H 8..64, W 8..96, multiples of 4.
+codetr::ModelConfig dynamic_config() {
+  codetr::ModelConfig c = config();
+  c.input.dynamic = true;
+  c.input.batch = -1;
+  c.input.min_batch = 1, c.input.max_batch = 4;
+  c.input.min_height = 8, c.input.max_height = 64, c.input.min_width = 8, c.input.max_width = 96;
+  c.inputs = {{"images", {-1, 3, -1, -1}, "float16"}, {"masks", {-1, -1, -1}, "bool"}};
+  return c;
+}
+
+std::string error_of(const std::vector<torch::Tensor>& inputs, const codetr::ModelConfig& cfg = config(),
+                     const torch::Device& device = torch::kCPU) {
   try {
-    codetr::validate_engine_inputs(inputs, specs(), torch::kCPU);
+    codetr::detail::validate_engine_inputs(inputs, cfg, device);
   } catch (const codetr::Error& e) {
     return e.what();
   }
   return "";
 }
 
+torch::Tensor images(std::vector<int64_t> shape, torch::ScalarType t = torch::kHalf) { return torch::zeros(shape, t); }
+torch::Tensor masks(std::vector<int64_t> shape) { return torch::zeros(shape, torch::kBool); }
+
 TEST(ValidateInputs, AcceptsMatchingTensors) {
-  EXPECT_EQ(error_of({torch::zeros({2, 3, 8, 12}, torch::kHalf), torch::zeros({2, 8, 12}, torch::kBool)}), "");
+  EXPECT_EQ(error_of({images({2, 3, 8, 12}), masks({2, 8, 12})}), "");
+  EXPECT_EQ(error_of({images({3, 3, 16, 36}), masks({3, 16, 36})}, dynamic_config()), "");
 }
 
 TEST(ValidateInputs, NamesTheWrongBatchShapeDtypeCountAndLayout) {
-  const auto mask = torch::zeros({2, 8, 12}, torch::kBool);
-  std::string msg = error_of({torch::zeros({1, 3, 8, 12}, torch::kHalf), mask});
-  EXPECT_NE(msg.find("'images': shape [1, 3, 8, 12] does not match model.json [2, 3, 8, 12]"), std::string::npos) << msg;
-  msg = error_of({torch::zeros({2, 3, 8, 12}, torch::kFloat), mask});
-  EXPECT_NE(msg.find("'images': dtype float32 does not match model.json float16"), std::string::npos) << msg;
-  msg = error_of({torch::zeros({2, 3, 8, 12}, torch::kHalf)});
+  const auto mask = masks({2, 8, 12});
+  std::string msg = error_of({images({1, 3, 8, 12}), mask});
+  EXPECT_NE(msg.find("engine input 'images': batch is 1, the engine takes 2"), std::string::npos) << msg;
+  msg = error_of({images({2, 3, 8, 12}, torch::kFloat), mask});
+  EXPECT_NE(msg.find("'images': expected dtype float16, got float32"), std::string::npos) << msg;
+  msg = error_of({images({2, 3, 8, 12})});
   EXPECT_NE(msg.find("expects 2 inputs"), std::string::npos) << msg;
-  msg = error_of({torch::zeros({2, 3, 12, 8}, torch::kHalf).transpose(2, 3), mask});
+  msg = error_of({images({2, 3, 12, 8}).transpose(2, 3), mask});
   EXPECT_NE(msg.find("must be contiguous"), std::string::npos) << msg;
-  msg = error_of({torch::zeros({2, 3, 8, 12}, torch::kHalf), torch::zeros({2, 8, 12}, torch::kFloat)});
-  EXPECT_NE(msg.find("'masks': dtype float32"), std::string::npos) << msg;
+  msg = error_of({images({2, 3, 8, 12}), torch::zeros({2, 8, 12}, torch::kFloat)});
+  EXPECT_NE(msg.find("'masks': expected dtype bool, got float32"), std::string::npos) << msg;
+  msg = error_of({images({2, 3, 8}), mask});
+  EXPECT_NE(msg.find("expected rank 4"), std::string::npos) << msg;
 }
 
-TEST(ValidateInputs, DynamicDimensionsAcceptAnySize) {
-  std::vector<codetr::TensorSpec> dyn = {{"images", {-1, 3, -1, -1}, "float32"}};
-  EXPECT_NO_THROW(codetr::validate_engine_inputs({torch::zeros({3, 3, 64, 32})}, dyn, torch::kCPU));
-  EXPECT_THROW(codetr::validate_engine_inputs({torch::zeros({3, 4, 64, 32})}, dyn, torch::kCPU), codetr::Error);
-  EXPECT_THROW(codetr::validate_engine_inputs({torch::zeros({3, 64, 32})}, dyn, torch::kCPU), codetr::Error);
+TEST(ValidateInputs, DynamicDimensionsHonourRangesAndMultiples) {
+  const codetr::ModelConfig c = dynamic_config();
+  std::string msg = error_of({images({5, 3, 16, 16}), masks({5, 16, 16})}, c);
+  EXPECT_NE(msg.find("batch is 5, the engine takes [1, 4]"), std::string::npos) << msg;
+  msg = error_of({images({1, 3, 68, 16}), masks({1, 68, 16})}, c);
+  EXPECT_NE(msg.find("height is 68, the engine takes [8, 64]"), std::string::npos) << msg;
+  msg = error_of({images({1, 3, 16, 18}), masks({1, 16, 18})}, c);
+  EXPECT_NE(msg.find("width 18 is not a multiple of 4"), std::string::npos) << msg;
+  msg = error_of({images({1, 4, 16, 16}), masks({1, 16, 16})}, c);
+  EXPECT_NE(msg.find("channels is 4, the engine takes 3"), std::string::npos) << msg;
+  msg = error_of({images({1, 3, 16, 16}), masks({1, 16, 20})}, c);
+  EXPECT_NE(msg.find("'masks': shape [1, 16, 20] does not match images"), std::string::npos) << msg;
 }
 
 TEST(ValidateInputs, WrongDeviceIsNamed) {
-  std::vector<codetr::TensorSpec> s = {{"images", {1, 3, 4, 4}, "float32"}};
-  try {
-    codetr::validate_engine_inputs({torch::zeros({1, 3, 4, 4})}, s, torch::Device(torch::kCUDA, 0));
-    FAIL() << "no error";
-  } catch (const codetr::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("is on cpu, the engine runs on cuda:0"), std::string::npos) << e.what();
-  }
+  const std::string msg = error_of({images({2, 3, 8, 12}), masks({2, 8, 12})}, config(), torch::Device(torch::kCUDA, 0));
+  EXPECT_NE(msg.find("is on cpu, the engine runs on cuda:0"), std::string::npos) << msg;
 }
 
-TEST(ValidateOutputs, ChecksShapeAndDtype) {
-  std::vector<codetr::TensorSpec> s = {{"boxes", {1, 300, 4}, "float32"}, {"labels", {1, 300}, "int64"}};
-  EXPECT_NO_THROW(codetr::validate_engine_outputs({torch::zeros({1, 300, 4}), torch::zeros({1, 300}, torch::kLong)}, s));
-  EXPECT_THROW(codetr::validate_engine_outputs({torch::zeros({1, 300, 4}), torch::zeros({1, 300}, torch::kInt)}, s),
-               codetr::Error);
+TEST(ValidateOutputs, ChecksShapeDtypeAndAgreement) {
+  const codetr::ModelConfig c = config();
+  const auto ok = std::vector<torch::Tensor>{torch::zeros({2, 300, 4}), torch::zeros({2, 300}), torch::zeros({2, 300}, torch::kLong)};
+  EXPECT_NO_THROW(codetr::detail::validate_engine_outputs(ok, c.outputs, 2));
+  auto bad = ok;
+  bad[2] = torch::zeros({2, 300}, torch::kInt);
+  EXPECT_THROW(codetr::detail::validate_engine_outputs(bad, c.outputs, 2), codetr::Error);
+  EXPECT_THROW(codetr::detail::validate_engine_outputs(ok, c.outputs, 3), codetr::Error);  // batch
 }
 
-std::string finite_error_of(const torch::Tensor& boxes, const torch::Tensor& scores, const std::string& dtype) {
+// The contract a package records (what export writes) vs model.json.
+std::string contract(const std::string& dtype, int64_t height) {
+  return R"({"dtype": ")" + dtype + R"(", "input": {"batch": 2, "dynamic": false, "height": )" + std::to_string(height) +
+         R"(, "width": 12, "multiple": 4}, "inputs": [{"name": "images", "shape": [2, 3, )" + std::to_string(height) +
+         R"(, 12], "dtype": ")" + dtype + R"("}, {"name": "masks", "shape": [2, )" + std::to_string(height) +
+         R"(, 12], "dtype": "bool"}], "outputs": [{"name": "boxes", "shape": [2, 300, 4], "dtype": "float32"},
+         {"name": "scores", "shape": [2, 300], "dtype": "float32"}, {"name": "labels", "shape": [2, 300], "dtype": "int64"}]})";
+}
+
+std::string contract_error(const std::string& recorded) {
   try {
-    codetr::check_finite_outputs(boxes, scores, dtype);
+    core::check_engine_contract(recorded, config(), "m/model.pt2", "m/model.json");
   } catch (const codetr::Error& e) {
     return e.what();
   }
   return "";
 }
 
-TEST(CheckFiniteOutputs, AcceptsFiniteOutputsOfEveryDtype) {
-  for (auto t : {torch::kFloat, torch::kHalf, torch::kBFloat16})
-    EXPECT_EQ(finite_error_of(torch::rand({2, 300, 4}).to(t), torch::rand({2, 300}).to(t), "float16"), "");
-}
+TEST(EngineContract, EqualContractPasses) { EXPECT_EQ(contract_error(contract("float16", 8)), ""); }
 
-TEST(CheckFiniteOutputs, NamesTheOutputTheCountAndTheFixForFloat16) {
-  auto scores = torch::rand({2, 300});
-  scores[1][7] = std::numeric_limits<float>::quiet_NaN();
-  scores[0][0] = std::numeric_limits<float>::infinity();
-  std::string msg = finite_error_of(torch::rand({2, 300, 4}), scores, "float16");
-  EXPECT_NE(msg.find("engine output 'scores' has 2 non-finite value(s) (NaN/inf) out of 600"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("float16 model overflowed"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("--dtype bfloat16"), std::string::npos) << msg;
-
-  auto boxes = torch::rand({1, 300, 4}).to(torch::kHalf);
-  boxes[0][3][2] = -std::numeric_limits<float>::infinity();
-  msg = finite_error_of(boxes, torch::rand({1, 300}), "float32");
-  EXPECT_NE(msg.find("engine output 'boxes' has 1 non-finite value(s)"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("a float32 model should not overflow; check the checkpoint"), std::string::npos) << msg;
-  EXPECT_EQ(msg.find("overflowed"), std::string::npos) << msg;
+TEST(EngineContract, NamesBothValues) {
+  std::string msg = contract_error(contract("float32", 8));
+  EXPECT_NE(msg.find("m/model.json says dtype float16, but m/model.pt2 was compiled for float32"), std::string::npos) << msg;
+  msg = contract_error(contract("float16", 16));
+  EXPECT_NE(msg.find("says inputs[0] 'images' shape [2, 3, 8, 12], but m/model.pt2 was compiled for [2, 3, 16, 12]"),
+            std::string::npos) << msg;
+  msg = contract_error("{not json");
+  EXPECT_NE(msg.find("not valid JSON"), std::string::npos) << msg;
 }
 
 TEST(Detector, MissingModelDirIsAClearError) {
