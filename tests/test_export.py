@@ -278,12 +278,11 @@ def test_validate_engine_inputs_dtype_and_mask_presence():
     validate_engine_inputs(spec, images.numpy())  # numpy arrays are checked the same way
 
 
-def test_aoti_without_the_op_library_is_refused(tmp_path):
-    env = dict(os.environ, CODETR_OPS_LIBRARY=str(tmp_path / "missing" / "libcodetr_ops.so"))
-    proc = subprocess.run([sys.executable, "-m", "codetr", "export", "--preset", "tiny_r50", "--height", "128",
-                           "--width", "160", "-o", str(tmp_path / "out")], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert proc.returncode == 2, proc.stderr
-    assert "the MSDA op library is needed for this export" in proc.stderr
-    assert "tools/build.sh" in proc.stderr
-    assert not (tmp_path / "out" / "model.pt2").exists()
+def test_import_without_the_op_library_names_it(tmp_path):
+    """One locator: CODETR_OPS_LIBRARY (else the library beside libcodetr.so). A missing library is
+    an ImportError naming it, not a silent fall-back to the pure-PyTorch MSDA."""
+    missing = tmp_path / "missing" / "libcodetr_ops.so"
+    env = dict(os.environ, CODETR_OPS_LIBRARY=str(missing))
+    proc = subprocess.run([sys.executable, "-c", "import codetr"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert "ImportError: codetr: cannot load the codetr op library " + str(missing) in proc.stderr, proc.stderr

@@ -3,7 +3,7 @@ padding mask, no graph breaks (torch.export fails on any), same outputs as eager
 import torch
 from torch.export import Dim, export
 
-from codetr.models import build_model, min_dynamic_input_size, op_library_available
+from codetr.models import build_model, min_dynamic_input_size
 
 
 def _inputs(h, w, valid_h, valid_w):
@@ -28,7 +28,7 @@ def test_export_static_pytorch_msda():
 
 def test_export_dynamic_hw():
     # the deployed form: the custom op when built (kept as one node in the graph), else grid_sample
-    impl = "op" if op_library_available() else "pytorch"
+    impl = "op"
     model = build_model("tiny_r50", msda_impl=impl)
     x, mask = _inputs(128, 96, 128, 96)
     # min 3 * 32: at 32 px or 64 px the stride-64 level is 1 pixel wide and torch specialises size-1 dims
@@ -47,7 +47,7 @@ def test_export_dynamic_hw():
 def test_export_dynamic_hw_swin_without_mask():
     """LSJ-style call (no mask) through Swin's window padding / shifted-window mask with symbolic
     sizes; >= 416 px keeps >= 2 attention windows per axis at stride 32 (see codino.py)."""
-    model = build_model("tiny_swin", msda_impl="op" if op_library_available() else "pytorch")
+    model = build_model("tiny_swin", msda_impl="op")
     torch.manual_seed(0)
     x = torch.randn(1, 3, 416, 448)
     low = min_dynamic_input_size("tiny_swin") // 32

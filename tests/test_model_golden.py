@@ -27,12 +27,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from codetr.models import build_model, op_library_available
+from codetr.models import build_model
 from codetr.presets import REDUCED_PRESETS
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
-IMPLS = ["pytorch", pytest.param("op", marks=pytest.mark.skipif(
-    not op_library_available(), reason="op library not built (python/codetr/_lib/libcodetr_ops.so)"))]
+IMPLS = ["pytorch", "op"]
 
 
 def _fixture(name):

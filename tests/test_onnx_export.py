@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from codetr.export import ExportError, ExportOptions, export
-from codetr.models import build_model, op_library_available
+from codetr.models import build_model
 from codetr.onnx_engine import OnnxEngine
 from codetr.onnx_export import MSDA_DOMAIN, MSDA_OP_TYPE, onnx_op_counts
 from codetr.precision import box_iou
@@ -137,7 +137,6 @@ def test_dynamic_lsj_range_must_hold_the_fixed_pad_size(tmp_path):
                              max_height=256, min_width=96, max_width=288), log=lambda line: None)
 
 
-@pytest.mark.skipif(not op_library_available(), reason="op library not built (tools/build.sh)")
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_custom_msda_node(tmp_path, monkeypatch, dynamic):
     """--onnx-msda-op: exactly one codetr::MultiScaleDeformableAttention per MSDA layer, no

@@ -1,7 +1,8 @@
-"""Pre-processing (mmdet test pipeline) and post-processing (test_cfg) references.
+"""Pre-processing (mmdet test pipeline) and post-processing (test_cfg): the runtime core (C++,
+through codetr.preprocess / codetr.postprocess) against independent references.
 
-Resize is checked bit-exactly against OpenCV (what mmcv calls), NMS against torchvision, soft-NMS
-against hand-computed cases, the pipeline against hand-computed pixels."""
+Resize is checked bit-exactly against OpenCV (what mmcv calls) and the numpy oracle, NMS against
+torchvision, soft-NMS against hand-computed cases, the pipeline against hand-computed pixels."""
 import math
 
 import numpy as np
@@ -9,9 +10,34 @@ import pytest
 import torch
 import torchvision
 
-from codetr.postprocess import batched_nms, postprocess, postprocess_single, soft_nms
-from codetr.preprocess import preprocess, rescale_size, resize_bilinear_u8
+from codetr._native import runtime
+from codetr.modeljson import pipeline_json
+from codetr.postprocess import postprocess, postprocess_single
+from codetr.preprocess import preprocess, resize_bilinear_u8
 from codetr.presets import PRESETS, PostprocessConfig
+from oracles.preprocess import rescale_size
+from oracles.preprocess import resize_bilinear_u8 as oracle_resize
+
+
+def with_postprocess(cfg: PostprocessConfig, name="co_dino_5scale_r50_8xb2_1x_coco"):
+    return PRESETS[name].replace(postprocess=cfg)
+
+
+def batched_nms(boxes, scores, labels, cfg: PostprocessConfig):
+    """The core's mmcv.ops.batched_nms with cfg's NMS settings -> (keep, scores) tensors."""
+    spec = pipeline_json(with_postprocess(cfg).to_metadata())
+    keep, kept = runtime.batched_nms(boxes.numpy(), scores.numpy(), labels.numpy(), spec)
+    return torch.from_numpy(keep), torch.from_numpy(kept)
+
+
+def soft_nms(boxes, scores, iou_threshold, method, sigma=0.5, min_score=1e-3):
+    cfg = PostprocessConfig(nms_type="soft_nms", iou_threshold=iou_threshold, soft_nms_method=method, sigma=sigma,
+                            min_score=min_score)
+    return batched_nms(boxes, scores, torch.zeros(len(scores), dtype=torch.int64), cfg)
+
+
+def meta(scale_factor, shape=(100, 100)):
+    return {"ori_shape": shape, "img_shape": shape, "scale_factor": scale_factor}
 
 cv2 = pytest.importorskip("cv2")
 
@@ -24,6 +50,7 @@ def test_resize_matches_opencv_bit_exact(src, dst):
     img = rng.integers(0, 256, src + (3,), dtype=np.uint8)
     ref = cv2.resize(img, (dst[1], dst[0]), interpolation=cv2.INTER_LINEAR)
     assert np.array_equal(resize_bilinear_u8(img, dst[1], dst[0]), ref)
+    assert np.array_equal(oracle_resize(img, dst[1], dst[0]), ref)
 
 
 def test_rescale_size_rule():
@@ -42,7 +69,8 @@ def test_preprocess_non_lsj_padding_after_normalisation():
     batch, masks, metas = preprocess([img0, img1], preset)
     # 80x60 -> s = min(1333/80, 800/60) = 13.33 -> 1067x800; 90x40 -> s = min(1333/90, 20) -> 1333x592
     assert metas[0]["img_shape"] == (800, 1067) and metas[1]["img_shape"] == (592, 1333)
-    assert metas[0]["scale_factor"] == (1067 / 80, 800 / 60)
+    # float32 factors, as mmdet divides float32 boxes by them
+    assert metas[0]["scale_factor"] == (np.float32(1067 / 80), np.float32(800 / 60))
     assert batch.shape == (2, 3, 800, 1344) and masks.shape == (2, 800, 1344)
     mean, std = preset.pipeline.mean, preset.pipeline.std
     # RGB order after conversion; constant image stays constant through bilinear resize
@@ -60,16 +88,20 @@ def test_preprocess_lsj_pads_uint8_before_normalisation_and_drops_mask():
     img = np.full((300, 400, 3), 50, np.uint8)
     batch, masks, metas = preprocess([img], preset)
     assert masks is None
-    assert batch.shape == (1, 3, 1024, 1024) and metas[0]["img_shape"] == (1024, 1024)
-    assert metas[0]["scale_factor"] == (1024 / 400, 768 / 300)
+    # img_shape is the resized image's region; the fixed pad makes the whole input valid (no mask)
+    assert batch.shape == (1, 3, 1024, 1024) and metas[0]["img_shape"] == (768, 1024)
+    assert metas[0]["pad_shape"] == (1024, 1024)
+    assert metas[0]["scale_factor"] == (np.float32(1024 / 400), np.float32(768 / 300))
     mean, std = preset.pipeline.mean, preset.pipeline.std
     torch.testing.assert_close(batch[0, :, 1000, 10], torch.tensor([(114 - m) / s for m, s in zip(mean, std)]))
     torch.testing.assert_close(batch[0, :, 10, 10], torch.tensor([(50 - m) / s for m, s in zip(mean, std)]))
 
 
 def test_preprocess_rejects_bad_input():
-    with pytest.raises(ValueError, match="uint8 HxWx3"):
+    with pytest.raises(ValueError, match=r"image 0: expected shape \(H, W, 3\)"):
         preprocess([np.zeros((10, 10), np.uint8)], "co_dino_5scale_r50_8xb2_1x_coco")
+    with pytest.raises(ValueError, match="image 1: expected a uint8 array"):
+        preprocess([np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10, 3), np.float32)], "co_dino_5scale_r50_8xb2_1x_coco")
 
 
 def test_hard_nms_matches_torchvision():
@@ -108,13 +140,14 @@ def test_postprocess_rescales_before_class_aware_soft_nms():
     boxes = torch.tensor([[0, 0, 20, 20], [0, 0, 20, 20], [0, 0, 20, 19], [40, 40, 60, 60]], dtype=torch.float32)
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     labels = torch.tensor([1, 2, 1, 1])
-    out = postprocess_single(boxes, scores, labels, (2.0, 4.0), cfg)
+    out = postprocess_single(boxes, scores, labels, meta((2.0, 4.0)), with_postprocess(cfg))
     # different classes never interact; same class IoU 0.95 >= 0.8 -> 0.7 * 0.05
     assert out["labels"].tolist() == [1, 2, 1, 1]
     torch.testing.assert_close(out["scores"], torch.tensor([0.9, 0.8, 0.6, 0.7 * 0.05]))
     torch.testing.assert_close(out["bboxes"][0], torch.tensor([0, 0, 10, 5.0]))
     torch.testing.assert_close(out["bboxes"][2], torch.tensor([20, 10, 30, 15.0]))
-    capped = postprocess_single(boxes, scores, labels, (1.0, 1.0), PostprocessConfig(max_per_img=2, score_thr=0.65))
+    capped = postprocess_single(boxes, scores, labels, meta((1.0, 1.0)),
+                                with_postprocess(PostprocessConfig(max_per_img=2, score_thr=0.65)))
     assert capped["scores"].tolist() == pytest.approx([0.9, 0.8])
 
 
@@ -122,12 +155,12 @@ def test_postprocess_batch_and_metadata():
     preset = PRESETS["co_dino_5scale_swin_l_lsj_16xb1_1x_coco"]
     boxes = torch.tensor([[[0, 0, 10, 10.0]]]).repeat(2, 1, 1)
     out = postprocess(boxes, torch.tensor([[0.5], [0.4]]), torch.tensor([[3], [4]]),
-                      [{"scale_factor": (1.0, 1.0)}, {"scale_factor": (2.0, 2.0)}], preset)
+                      [meta((1.0, 1.0)), meta((2.0, 2.0))], preset)
     assert out[1]["bboxes"].tolist() == [[0, 0, 5, 5]] and out[1]["labels"].tolist() == [4]
-    meta = preset.to_metadata()
-    assert meta["preprocess"]["pad"] == {"size": [1280, 1280]} and meta["preprocess"]["pad_value"] == 114.0
-    assert meta["preprocess"]["pad_stage"] == "before_normalize" and meta["preprocess"]["mask"] == "none"
-    assert meta["postprocess"] == {"score_thr": 0.0, "max_per_img": 300, "nms": {
+    m = preset.to_metadata()
+    assert m["preprocess"]["pad"] == {"size": [1280, 1280]} and m["preprocess"]["pad_value"] == 114.0
+    assert m["preprocess"]["pad_stage"] == "before_normalize" and m["preprocess"]["mask"] == "none"
+    assert m["postprocess"] == {"score_thr": 0.0, "max_per_img": 300, "clip": False, "nms": {
         "type": "soft_nms", "iou_threshold": 0.8, "method": "linear", "sigma": 0.5, "min_score": 0.001}}
     r50 = PRESETS["co_dino_5scale_r50_8xb2_1x_coco"].to_metadata()
     assert r50["preprocess"]["pad"] == {"size_divisor": 32} and r50["preprocess"]["mask"] == "padding"

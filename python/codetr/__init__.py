@@ -7,7 +7,10 @@ from codetr._native import Error, runtime  # noqa: E402  (libtorch first, then l
 
 __version__ = runtime.version()
 
-from codetr import _C  # noqa: E402,F401  (torch.ops.codetr.* and their fake implementations)
+try:
+    from codetr import _C  # noqa: E402,F401  (torch.ops.codetr.* and their fake implementations)
+except Error as exc:  # the op library is missing or does not load: say which and where
+    raise ImportError(f"codetr: {exc}") from None
 from codetr.checkpoint import load_checkpoint  # noqa: E402
 from codetr.models import build_model  # noqa: E402
 from codetr.presets import PRESETS, get_preset  # noqa: E402
