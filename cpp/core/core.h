@@ -112,6 +112,24 @@ void check_finite(const char* what, const float* values, int64_t n, const std::s
 void validate_input_shapes(const std::vector<std::vector<int64_t>>& shapes, const std::vector<std::string>& dtypes,
                            const ModelConfig& config);
 
+// One image's (or video frame's) results, as codetr-detect writes them per line (JSON Lines) and
+// the Python binding returns them (codetr.result_record): the one definition of that schema.
+struct ImageResult {
+  std::string file;          // the input path (or stream) as given
+  int64_t image_id = 0;
+  int64_t frame = -1;        // video frame index (-1: a still image)
+  double timestamp_ms = 0;   // video frames only
+  int64_t height = 0, width = 0;
+  std::vector<Detection> detections;
+  std::string error;         // non-empty: this input failed (no detections)
+};
+
+// {"file", "image_id", ["frame", "timestamp_ms"], "height", "width", "detections": [{"bbox": [x1, y1,
+// x2, y2], "score", "label", "class", "category_id"}]} or {"file", "image_id", ..., "error"}, on one
+// line. category_id is the COCO id when `classes` are COCO's 80, else the label. Invalid UTF-8 in
+// the file name is replaced, never fatal.
+std::string result_record_json(const ImageResult& result, const std::vector<std::string>& classes);
+
 // The package key under which `codetr export` records what an engine was compiled for
 // (AOTInductor metadata): {"dtype", "input", "inputs", "outputs"} as in model.json.
 constexpr const char* kEngineContractKey = "codetr.contract";

@@ -430,6 +430,28 @@ void core::check_engine_contract(const std::string& contract_json, const ModelCo
     if (values.first != values.second) differ(field, std::to_string(values.first), std::to_string(values.second));
 }
 
+std::string core::result_record_json(const ImageResult& r, const std::vector<std::string>& classes) {
+  json rec = {{"file", r.file}, {"image_id", r.image_id}};
+  if (r.frame >= 0) rec["frame"] = r.frame, rec["timestamp_ms"] = r.timestamp_ms;
+  rec["height"] = r.height, rec["width"] = r.width;
+  if (!r.error.empty()) {
+    rec["error"] = r.error;
+  } else {
+    const bool coco = is_coco80(classes);
+    json dets = json::array();
+    for (const Detection& d : r.detections) {
+      const bool known = d.label >= 0 && d.label < static_cast<int64_t>(classes.size());
+      dets.push_back({{"bbox", {d.x1, d.y1, d.x2, d.y2}},
+                      {"score", d.score},
+                      {"label", d.label},
+                      {"class", known ? classes[d.label] : ""},
+                      {"category_id", coco && known ? coco80_category_id(static_cast<int>(d.label)) : d.label}});
+    }
+    rec["detections"] = std::move(dets);
+  }
+  return rec.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 ModelConfig load_model_config(const std::string& model_dir) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(model_dir)) throw Error("model directory '" + model_dir + "' does not exist");

@@ -108,6 +108,25 @@ PYBIND11_MODULE(_runtime, m) {
       py::arg("contract"), py::arg("model_json"));
 
   m.def(
+      "result_record",
+      [](const F32& boxes, const F32& scores, const I64& labels, const std::vector<std::string>& classes,
+         const std::string& file, int64_t image_id, int64_t height, int64_t width, const std::string& error,
+         int64_t frame, double timestamp_ms) {
+        core::ImageResult r;
+        r.file = file, r.image_id = image_id, r.height = height, r.width = width, r.error = error;
+        r.frame = frame, r.timestamp_ms = timestamp_ms;
+        const py::ssize_t n = scores.ndim() == 1 ? scores.shape(0) : -1;
+        const float* b = checked(boxes, n, 4, "boxes");
+        const float* s = checked(scores, n, 0, "scores");
+        const int64_t* l = checked(labels, n, 0, "labels");
+        for (py::ssize_t i = 0; i < n; ++i) r.detections.push_back({b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3], s[i], l[i]});
+        return core::result_record_json(r, classes);
+      },
+      py::arg("boxes"), py::arg("scores"), py::arg("labels"), py::arg("classes"), py::arg("file"), py::arg("image_id"),
+      py::arg("height"), py::arg("width"), py::arg("error") = "", py::arg("frame") = -1, py::arg("timestamp_ms") = 0.0,
+      "One image's JSON Lines record, exactly as codetr-detect writes it.");
+
+  m.def(
       "validate_engine_inputs",
       [](const std::vector<std::vector<int64_t>>& shapes, const std::vector<std::string>& dtypes,
          const std::string& model_json_text) {

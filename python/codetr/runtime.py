@@ -37,6 +37,22 @@ class Detections:
         return len(self.scores)
 
 
+def result_record(dets: Optional[Detections], *, file_name: str, image_id: int, height: int, width: int,
+                  error: Optional[str] = None) -> Dict:
+    """One image's record with exactly the schema of codetr-detect's JSON Lines output (written by
+    the C++ core, so the two cannot drift): detections (or ``error`` when ``dets`` is None). A file
+    name that is not valid UTF-8 (a surrogate-escaped str) is passed as its bytes."""
+    file_name = file_name.encode("utf-8", "surrogateescape")
+    if dets is None:
+        empty = np.zeros((0, 4), np.float32)
+        text = runtime.result_record(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), [], file_name, image_id,
+                                     height, width, error or "failed")
+    else:
+        text = runtime.result_record(dets.boxes, dets.scores, dets.labels, dets.classes, file_name, image_id, height,
+                                     width, error or "")
+    return json.loads(text)
+
+
 class Detector:
     """A model directory written by ``codetr export`` (model.json + model.pt2), loaded once.
 
