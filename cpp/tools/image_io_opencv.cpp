@@ -1,7 +1,9 @@
 // codetr-detect image I/O with OpenCV: any format imread/imwrite handle, labelled boxes.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <sstream>
 
@@ -36,15 +38,80 @@ const std::set<std::string>& image_extensions() {
   return exts;
 }
 
-bool read_image(const std::string& path, BgrImage& image, std::string& error) {
+namespace {
+
+uint32_t be32(const unsigned char* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
+
+// The pixel size a PNG or JPEG header declares (0x0 when not found or another format): checked
+// against ReadOptions::max_pixels before anything is decoded.
+std::pair<int64_t, int64_t> declared_size(const std::string& head) {
+  const auto* d = reinterpret_cast<const unsigned char*>(head.data());
+  const size_t n = head.size();
+  if (n >= 24 && head.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0) return {be32(d + 20), be32(d + 16)};
+  if (n >= 4 && d[0] == 0xFF && d[1] == 0xD8) {
+    // Walk the JPEG segments to the first start-of-frame marker (SOF0..SOF15 but DHT/JPG/DAC).
+    size_t i = 2;
+    while (i + 9 < n) {
+      if (d[i] != 0xFF) return {0, 0};
+      const unsigned char marker = d[i + 1];
+      const size_t length = (size_t(d[i + 2]) << 8) | d[i + 3];
+      if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC)
+        return {(int64_t(d[i + 5]) << 8) | d[i + 6], (int64_t(d[i + 7]) << 8) | d[i + 8]};
+      i += 2 + length;
+    }
+  }
+  return {0, 0};
+}
+
+// A JPEG ends with its end-of-image marker (FF D9), possibly followed by a little padding; one cut
+// short (a truncated download) has none, and libjpeg only warns while decoding it partially.
+bool jpeg_has_end_marker(std::ifstream& in, int64_t size) {
+  const int64_t tail = std::min<int64_t>(size, 4096);
+  std::string bytes(static_cast<size_t>(tail), '\0');
+  in.seekg(size - tail);
+  in.read(bytes.data(), tail);
+  return bytes.find("\xFF\xD9") != std::string::npos;
+}
+
+}  // namespace
+
+bool read_image(const std::string& path, const ReadOptions& options, BgrImage& image, std::string& error) {
   std::error_code ec;
-  if (std::filesystem::file_size(path, ec) == 0 || ec) {
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    error = ec ? ec.message() : "not a regular file";
+    return false;
+  }
+  const auto size = static_cast<int64_t>(std::filesystem::file_size(path, ec));
+  if (ec || size == 0) {
     error = ec ? ec.message() : "empty file";
     return false;
   }
-  const cv::Mat m = cv::imread(path, cv::IMREAD_COLOR);
+  std::ifstream in(path, std::ios::binary);
+  std::string head(static_cast<size_t>(std::min<int64_t>(size, 65536)), '\0');
+  if (!in.read(head.data(), static_cast<std::streamsize>(head.size()))) {
+    error = "cannot read the file";
+    return false;
+  }
+  const auto [h, w] = declared_size(head);
+  if (h * w > options.max_pixels) {
+    error = "the image is " + std::to_string(w) + "x" + std::to_string(h) + " = " + std::to_string(h * w) +
+            " pixels, over the limit of " + std::to_string(options.max_pixels) + " (--max-pixels)";
+    return false;
+  }
+  const bool jpeg = head.size() >= 2 && static_cast<unsigned char>(head[0]) == 0xFF && static_cast<unsigned char>(head[1]) == 0xD8;
+  if (jpeg && !options.allow_truncated && !jpeg_has_end_marker(in, size)) {
+    error = "truncated JPEG (no end-of-image marker; --allow-truncated decodes what is there)";
+    return false;
+  }
+  cv::Mat m;
+  try {
+    m = cv::imread(path, cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {
+    error = std::string("cannot decode image: ") + e.what();
+    return false;
+  }
   if (m.empty()) {
-    error = "cannot decode image (unsupported, corrupt or truncated)";
+    error = "cannot decode image (unsupported, corrupt, truncated, or over --max-pixels)";
     return false;
   }
   image.height = m.rows;
@@ -90,6 +157,13 @@ bool write_image(const std::string& path, const BgrImage& image, std::string& er
   return false;
 }
 
-void init_image_io() { cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_ERROR); }
+void init_image_io(int64_t max_pixels) {
+  // OpenCV's decoders refuse images over this size from their headers (every format, also those
+  // declared_size() does not parse); it is read once, at the first decode.
+  setenv("OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(max_pixels).c_str(), 1);
+  cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_ERROR);
+}
+
+const char* image_io_backend() { return "opencv"; }
 
 }  // namespace codetr::cli

@@ -40,13 +40,23 @@ const std::set<std::string>& image_extensions() {
   return exts;
 }
 
-bool read_image(const std::string& path, BgrImage& image, std::string& error) {
+bool read_image(const std::string& path, const ReadOptions& options, BgrImage& image, std::string& error) {
   if (!is_ppm_name(path)) {
     error = "built without OpenCV: only .ppm images can be read";
     return false;
   }
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    error = ec ? ec.message() : "not a regular file";
+    return false;
+  }
   try {
     image = read_ppm(path);
+    if (image.height * image.width > options.max_pixels) {
+      error = "the image has " + std::to_string(image.height * image.width) + " pixels, over the limit of " +
+              std::to_string(options.max_pixels) + " (--max-pixels)";
+      return false;
+    }
     return true;
   } catch (const std::exception& e) {
     // read_ppm's messages start with the path, which the caller prints already.
@@ -81,6 +91,8 @@ bool write_image(const std::string& path, const BgrImage& image, std::string& er
   }
 }
 
-void init_image_io() {}
+void init_image_io(int64_t) {}
+
+const char* image_io_backend() { return "ppm"; }
 
 }  // namespace codetr::cli

@@ -2,6 +2,7 @@
 // codetr-detect's video and stream input (OpenCV videoio with FFmpeg; only in builds with OpenCV):
 // a video file, a stream URL or a camera is decoded, detected and written through
 // Detector::run_stream, so decoding, the engine and encoding overlap.
+#include <csignal>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -37,11 +38,12 @@ struct VideoResult {
 
 // One frame's record writer (e.g. a JSON Lines line), called in frame order.
 using FrameRecord = std::function<void(int64_t frame_index, double timestamp_ms, const std::vector<Detection>& dets,
-                                       const std::string& error)>;
+                                       const std::string& error, int64_t height, int64_t width)>;
 
 // Runs `input` through the detector. Every frame that was decoded reaches `record` (and the
 // annotated video), also when the source ends early; `error` then says why.
+// `stop` (when set, e.g. by a signal handler) ends the stream after the frames in flight.
 VideoResult run_video(const Detector& detector, const std::string& input, const VideoOptions& options,
-                      const FrameRecord& record);
+                      const FrameRecord& record, const volatile std::sig_atomic_t* stop = nullptr);
 
 }  // namespace codetr::cli

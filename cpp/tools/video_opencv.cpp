@@ -70,7 +70,7 @@ bool is_video_input(const std::string& input) {
 }
 
 VideoResult run_video(const Detector& detector, const std::string& input, const VideoOptions& options,
-                      const FrameRecord& record) {
+                      const FrameRecord& record, const volatile std::sig_atomic_t* stop) {
   VideoResult result;
   const bool live = is_camera(input) || is_url(input);
   cv::VideoCapture capture;
@@ -121,7 +121,7 @@ VideoResult run_video(const Detector& detector, const std::string& input, const 
   const bool dropping = live && options.drop_frames;
   if (dropping) {
     grabber = std::thread([&] {
-      for (int64_t index = 0; options.end < 0 || index < options.end; ++index) {
+      for (int64_t index = 0; (options.end < 0 || index < options.end) && !(stop != nullptr && *stop); ++index) {
         Decoded d;
         if (!read_frame(capture, index, d)) break;
         if (index < options.start || (index - options.start) % stride != 0) continue;
@@ -137,6 +137,7 @@ VideoResult run_video(const Detector& detector, const std::string& input, const 
   }
 
   FrameSource source = [&](Frame& frame) {
+    if (stop != nullptr && *stop) return false;
     Decoded d;
     if (dropping) {
       std::unique_lock<std::mutex> lock(latest_mutex);
@@ -173,7 +174,7 @@ VideoResult run_video(const Detector& detector, const std::string& input, const 
 
   const std::vector<std::string>& classes = detector.config().classes;
   FrameSink sink = [&](const Frame& frame, const std::vector<Detection>& dets, const std::string& error) {
-    record(frame.index, frame.timestamp_ms, dets, error);
+    record(frame.index, frame.timestamp_ms, dets, error, frame.image.height, frame.image.width);
     if (writer.isOpened()) {
       // The frame is ours to draw on: its pixels are owned by this frame alone.
       auto image = std::const_pointer_cast<BgrImage>(std::static_pointer_cast<const BgrImage>(frame.owner));
