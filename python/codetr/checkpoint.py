@@ -97,18 +97,37 @@ def _load_pth(path: str):
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_InertPickleModule)
 
 
+def _class_names(found, path: str, where: str) -> List[str]:
+    if not isinstance(found, (list, tuple)) or not all(isinstance(c, str) for c in found):
+        raise CheckpointError(f"{path}: {where} must be a list of class-name strings, got {str(found)[:80]}")
+    return list(found)
+
+
 def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[List[str]]]:
-    """-> (state_dict, class names or None)."""
+    """-> (state_dict, class names or None). A file that cannot be read as a checkpoint raises
+    CheckpointError calling it corrupt, naming the file and the reader's reason."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors import safe_open
-        with safe_open(path, framework="pt", device="cpu") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-            meta = f.metadata() or {}
-        classes = json.loads(meta["classes"]) if "classes" in meta else None
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+                meta = f.metadata() or {}
+        except Exception as exc:  # safetensors raises its own error types for every bad file
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
+        classes = None
+        if "classes" in meta:
+            try:
+                classes = _class_names(json.loads(meta["classes"]), path, "metadata 'classes'")
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{path}: metadata 'classes' is not JSON") from None
         return state, classes
-    obj = _load_pth(path)
+    try:
+        obj = _load_pth(path)
+    except Exception as exc:  # zip/pickle/EOF errors of a damaged file
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint, or not a torch checkpoint "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict (state_dict or mmdet checkpoint), got {type(obj).__name__}")
     classes = None
@@ -121,9 +140,11 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[List[s
             if found is None:
                 found = meta.get("CLASSES")
             if found is not None:
-                classes = [str(c) for c in found]
+                classes = _class_names(found, path, "meta classes")
     else:
         state = obj
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: 'state_dict' must be a dict of tensors, got {type(state).__name__}")
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != len(state):
         bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)][:5]
@@ -152,6 +173,17 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
         raise CheckpointError("\n".join(lines))
     usable = {k: v for k, v in state.items() if k in own}
+    # Weights must be usable as they are: an integer tensor where the model holds floats would be
+    # cast silently, and NaN/inf weights would export an engine that outputs NaN.
+    wrong_type = sorted(f"{k} ({v.dtype})" for k, v in usable.items()
+                        if own[k].is_floating_point() and not v.is_floating_point())
+    if wrong_type:
+        raise CheckpointError(f"{source}: {len(wrong_type)} weight(s) are not floating point: "
+                              + ", ".join(wrong_type[:10]) + (" ..." if len(wrong_type) > 10 else ""))
+    non_finite = sorted(k for k, v in usable.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if non_finite:
+        raise CheckpointError(f"{source}: {len(non_finite)} weight(s) hold NaN or inf: "
+                              + ", ".join(non_finite[:10]) + (" ..." if len(non_finite) > 10 else ""))
     model.load_state_dict(usable, strict=False, assign=any(p.is_meta for p in own.values()))
 
 

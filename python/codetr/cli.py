@@ -19,7 +19,10 @@ def _add_export_parser(subparsers) -> None:
         "export", help="export a preset to an AOTInductor package (.pt2) or ONNX file + model.json",
         description="Export a Co-DINO preset to DIR/model.pt2 (AOTInductor, run by codetr-detect) or "
                     "DIR/model.onnx, plus DIR/model.json (pre/post-processing for the runtime).")
-    p.add_argument("--preset", required=True, help="one of: " + ", ".join(PRESETS))
+    from codetr.presets import REDUCED_PRESETS
+
+    p.add_argument("--preset", required=True, metavar="PRESET",
+                   help="one of: " + ", ".join(PRESETS) + "; reduced-size test presets: " + ", ".join(REDUCED_PRESETS))
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="mmdet .pth / state_dict .pth / .safetensors (absent: RANDOM weights, with a warning)")
     p.add_argument("--output", "-o", type=Path, required=True, help="output directory")
@@ -82,14 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Every failure is one line on stderr: exit 2 for a request that cannot be done as asked (the
+    message says what to change), 1 for anything unexpected (CODETR_TRACEBACK=1 shows where)."""
+    import os
+
+    from codetr.checkpoint import CheckpointError
     from codetr.export import ExportError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ExportError as exc:
-        print(f"codetr {args.command}: error: {exc}", file=sys.stderr)
+    except (ExportError, CheckpointError, OSError, ValueError) as exc:
+        print(f"codetr {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"codetr {args.command}: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001  (the one place that turns a crash into a message)
+        if os.environ.get("CODETR_TRACEBACK"):
+            raise
+        print(f"codetr {args.command}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+              "(CODETR_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -45,9 +46,6 @@ FORMATS = ("aoti", "onnx")
 DEFAULT_OPSET = 18
 # Engine H/W granularity: the backbone downsamples by 32.
 SIZE_MULTIPLE = 32
-# Smallest dynamic H/W: the coarsest level (stride 64) must be >= 2 pixels, or torch.export
-# specialises it to 1.
-MIN_DYNAMIC_SIZE = 3 * SIZE_MULTIPLE
 
 
 class ExportError(RuntimeError):
@@ -79,6 +77,7 @@ class ExportOptions:
 
     def validate(self) -> None:
         """Reject option combinations that cannot be exported, before any work is done."""
+        from codetr.models import min_dynamic_input_size
         if self.format not in FORMATS:
             raise ExportError(f"unknown --format {self.format!r}; choose one of {list(FORMATS)}")
         if self.dtype not in DTYPES:
@@ -101,10 +100,11 @@ class ExportOptions:
                                  (self.min_width, self.max_width, "width")):
                 _check_multiple(f"--min-{what}", lo)
                 _check_multiple(f"--max-{what}", hi)
-                if lo < MIN_DYNAMIC_SIZE:
-                    raise ExportError(f"--min-{what} {lo} is below {MIN_DYNAMIC_SIZE}: at 32 or 64 px the stride-64 "
-                                      "level is 1 pixel and torch.export would fix that size; "
-                                      f"use --min-{what} >= {MIN_DYNAMIC_SIZE}")
+                minimum = min_dynamic_input_size(resolve_preset(self.preset))
+                if lo < minimum:
+                    raise ExportError(f"--min-{what} {lo} is below {minimum}, the smallest dynamic size of preset "
+                                      f"{resolve_preset(self.preset).name!r} (every feature level must keep >= 2 "
+                                      f"pixels, or torch.export fixes its size); use --min-{what} >= {minimum}")
                 if lo > hi:
                     raise ExportError(f"--min-{what} {lo} is larger than --max-{what} {hi}")
         else:
@@ -117,6 +117,7 @@ class ExportOptions:
 
 
 def _check_multiple(flag: str, value: int) -> None:
+    """Positive and a multiple of SIZE_MULTIPLE (0 is an error, not "use the default")."""
     if value is None or value <= 0 or value % SIZE_MULTIPLE != 0:
         raise ExportError(f"{flag} must be a positive multiple of {SIZE_MULTIPLE}, got {value} "
                           f"(the backbone downsamples by {SIZE_MULTIPLE}; "
@@ -171,6 +172,8 @@ def build_export_model(opts: ExportOptions) -> nn.Module:
     """codetr.build_model for the export; checkpoint problems surface as ExportError."""
     from codetr.models import build_model
 
+    from codetr.checkpoint import CheckpointError
+
     if opts.checkpoint is None:
         warnings.warn("no --checkpoint given: exporting RANDOM weights. The engine will run but its "
                       "detections are meaningless; pass --checkpoint for a real model.", stacklevel=2)
@@ -180,11 +183,26 @@ def build_export_model(opts: ExportOptions) -> nn.Module:
     try:
         model = build_model(preset, checkpoint=opts.checkpoint, device=opts.device,
                             dtype=DTYPES[opts.dtype])
+    except CheckpointError as exc:  # unreadable, not a state_dict, bad values, or another model's keys
+        raise ExportError(f"--checkpoint {exc}") from exc
     except (KeyError, ValueError, RuntimeError) as exc:
         if opts.checkpoint is not None:
             raise ExportError(f"--checkpoint {opts.checkpoint} does not fit preset {preset.name!r}: {exc}") from exc
         raise ExportError(f"building preset {preset.name!r} failed: {exc}") from exc
     return model.eval()
+
+
+def prepare_output(out_dir: Path) -> None:
+    """The output directory exists (or is created) and is writable, before any expensive work."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"-o {out_dir} exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".codetr-export-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ExportError(f"-o {out_dir}: cannot write there ({exc.strerror or exc})") from None
 
 
 def uses_padding_mask(meta: Dict[str, Any]) -> bool:
@@ -332,13 +350,14 @@ def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[s
     preset = resolve_preset(opts.preset)
     if not opts.dynamic and (opts.height is None or opts.width is None):
         default_h, default_w = default_engine_size(preset)
-        opts = dataclasses.replace(opts, height=opts.height or default_h, width=opts.width or default_w)
+        opts = dataclasses.replace(opts, height=default_h if opts.height is None else opts.height,
+                                   width=default_w if opts.width is None else opts.width)
     opts.validate()
     meta = preset.to_metadata()
     resize_pad = engine_resize(opts, meta["preprocess"])  # refuses unusable ranges before any work
     progress = Progress(log)
     out_dir = Path(opts.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output(out_dir)
 
     with progress.step(f"building model {meta['preset']} ({opts.dtype}, {opts.device})"):
         model = build_export_model(opts)
