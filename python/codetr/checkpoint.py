@@ -42,7 +42,11 @@ _COMPUTED_BUFFERS = ("relative_position_index", "num_batches_tracked")
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint that cannot be used: unreadable, not a state_dict, or bad values."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint of another model: missing / unexpected keys or shape mismatches."""
 
 
 def dropped_key(key: str) -> bool:
@@ -171,7 +175,7 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict:
                              ("shape mismatches", mismatched)):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
+        raise CheckpointMismatch("\n".join(lines))
     usable = {k: v for k, v in state.items() if k in own}
     # Weights must be usable as they are: an integer tensor where the model holds floats would be
     # cast silently, and NaN/inf weights would export an engine that outputs NaN.

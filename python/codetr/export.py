@@ -172,7 +172,7 @@ def build_export_model(opts: ExportOptions) -> nn.Module:
     """codetr.build_model for the export; checkpoint problems surface as ExportError."""
     from codetr.models import build_model
 
-    from codetr.checkpoint import CheckpointError
+    from codetr.checkpoint import CheckpointError, CheckpointMismatch
 
     if opts.checkpoint is None:
         warnings.warn("no --checkpoint given: exporting RANDOM weights. The engine will run but its "
@@ -183,7 +183,9 @@ def build_export_model(opts: ExportOptions) -> nn.Module:
     try:
         model = build_model(preset, checkpoint=opts.checkpoint, device=opts.device,
                             dtype=DTYPES[opts.dtype])
-    except CheckpointError as exc:  # unreadable, not a state_dict, bad values, or another model's keys
+    except CheckpointMismatch as exc:
+        raise ExportError(f"--checkpoint {opts.checkpoint} does not fit preset {preset.name!r}: {exc}") from exc
+    except CheckpointError as exc:  # unreadable, not a state_dict, or bad values
         raise ExportError(f"--checkpoint {exc}") from exc
     except (KeyError, ValueError, RuntimeError) as exc:
         if opts.checkpoint is not None:
