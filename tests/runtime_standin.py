@@ -153,11 +153,9 @@ if __name__ == "__main__":
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build_dir() -> Path:
-    return Path(os.environ.get("CODETR_BUILD_DIR", REPO / "build")).resolve()
-
-
 def runtime_binary(name: str) -> Path:
-    """Path of a built runtime executable (codetr-detect, codetr_runtime_probe)."""
-    sub = "cpp" if name == "codetr-detect" else "cpp/tests"
-    return build_dir() / sub / name
+    """Path of a built runtime executable: codetr-detect beside the libraries (codetr._lib), the
+    test-only codetr_runtime_probe in the build tree."""
+    from codetr import _lib
+
+    return _lib.executable(name) if name == "codetr-detect" else _lib.build_dir() / "cpp" / "tests" / name

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loads libtorch first: the binding and libcodetr link against it)
 
+from codetr import _lib
+
 try:
     from codetr._lib import _runtime as runtime
 except ImportError as exc:  # pragma: no cover - only without a build
-    raise ImportError(f"codetr: the native runtime is not built ({exc}); run tools/build.sh "
-                      "or pip install the package") from exc
+    where = (f"a source checkout: looked in {_lib.__path__[0]}; run tools/build.sh" if _lib.IN_SOURCE_CHECKOUT
+             else "reinstall the package (pip install .)")
+    raise ImportError(f"codetr: the native runtime codetr._lib._runtime cannot be loaded ({exc}); {where}") from exc
 
 Error = runtime.Error

@@ -20,6 +20,6 @@ use_op_library() {
   LIB=${1:-}
   if [ -z "$LIB" ]; then
     build_op_library
-    LIB=$PWD/build-device/csrc/libcodetr_ops.so
+    LIB=$PWD/build-device/python/codetr/_lib/libcodetr_ops.so
   fi
 }
