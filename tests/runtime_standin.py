@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import codetr
 from codetr import modeljson
 
 NUM_QUERIES = 300
@@ -79,7 +80,7 @@ def model_json(batch: int, height: int, width: int, with_mask: bool, classes=CLA
         "device": "cpu",
         "dtype": "float32",
         "torch_version": torch.__version__,
-        "codetr_version": "0.1.0",
+        "codetr_version": codetr.__version__,  # as `codetr export` writes it
         "classes": list(classes),
         "input": {"batch": batch, "dynamic": False, "height": height, "width": width, "multiple": 32},
         "inputs": inputs,

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
+export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 echo "== ctest"
 ctest --test-dir "${CODETR_BUILD_DIR:-build}" --output-on-failure
 echo "== example: examples/minimal against the installed runtime (find_package(codetr))"

@@ -7,6 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
+# codetr._lib of this checkout loads the native files from this build tree.
+export CODETR_BUILD_DIR=build-device
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
 
 # The op library alone (no runtime, no tests) in build-device; on failure, the log's tail and exit.
