@@ -9,8 +9,7 @@ from codetr import _lib
 try:
     from codetr._lib import _runtime as runtime
 except ImportError as exc:  # pragma: no cover - only without a build
-    where = (f"a source checkout: looked in {_lib.__path__[0]}; run tools/build.sh" if _lib.IN_SOURCE_CHECKOUT
-             else "reinstall the package (pip install .)")
-    raise ImportError(f"codetr: the native runtime codetr._lib._runtime cannot be loaded ({exc}); {where}") from exc
+    raise ImportError(f"codetr: the native runtime codetr._lib._runtime cannot be loaded ({exc}); "
+                      f"{_lib.rebuild_hint()}") from exc
 
 Error = runtime.Error

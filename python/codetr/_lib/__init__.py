@@ -26,6 +26,13 @@ if IN_SOURCE_CHECKOUT:
     __path__ = [str(build_dir() / "python" / "codetr" / "_lib")]
 
 
+def rebuild_hint() -> str:
+    """What to do when a native file is missing or fails to load, for this kind of package."""
+    if IN_SOURCE_CHECKOUT:
+        return f"a source checkout loads them from {__path__[0]}: run tools/build.sh (CODETR_BUILD_DIR picks the build)"
+    return "reinstall codetr (pip install .)"
+
+
 def executable(name: str) -> Path:
     """Path of a binary shipped beside the libraries (codetr-detect)."""
     return Path(__path__[0]) / name
