@@ -3,9 +3,8 @@
 # run the installed `codetr-detect --help` and `import codetr` from outside the tree: the wheel
 # alone must work (libraries, RPATHs, launcher, version), with nothing from the checkout or build/.
 # The venv reuses the system's torch (--system-site-packages); the build runs with pip's build
-# isolation, as a user's would. CODETR_CHECK_INSTALL_CUDA=OFF (the default) builds without the
-# CUDA kernels: with nvcc they add minutes on a small machine and the kernels are the developer
-# build's concern (tools/build.sh, GPU tests); =AUTO builds them as a plain `pip install .` would.
+# isolation and the CUDA kernels when nvcc is found, exactly as a user's `pip install .`.
+# CODETR_CHECK_INSTALL_CUDA=OFF builds without them (cmake.define.CODETR_WITH_CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/codetr-check-install.XXXXXX")
@@ -13,8 +12,9 @@ trap 'rm -rf "$WORK"' EXIT
 mkdir "$WORK/src"
 git ls-files -z | xargs -0 cp --parents -t "$WORK/src"
 python3 -m venv --system-site-packages "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check \
-  --config-settings=cmake.define.CODETR_WITH_CUDA="${CODETR_CHECK_INSTALL_CUDA:-OFF}" "$WORK/src"
+pip_args=()
+[ -n "${CODETR_CHECK_INSTALL_CUDA:-}" ] && pip_args+=(--config-settings=cmake.define.CODETR_WITH_CUDA="$CODETR_CHECK_INSTALL_CUDA")
+"$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_args[@]}" "$WORK/src"
 cd "$WORK"  # outside the tree: nothing may come from the checkout
 env -u PYTHONPATH "$WORK/venv/bin/codetr-detect" --help > "$WORK/help.txt"
 grep -q -- "--model" "$WORK/help.txt" || { cat "$WORK/help.txt"; echo "check_install: codetr-detect --help lacks --model" >&2; exit 1; }
