@@ -5,9 +5,15 @@
 `codetr export` to a CPU AOTInductor package, static 1x3x128x160, float32. The directory holds
 model.pt2 + model.json; the C++ runtime tests and the CLI integration test consume it.
 """
+import os
 from pathlib import Path
 
 import pytest
+
+# The tests run this checkout's package (pyproject's pytest `pythonpath`), also in the Python
+# subprocesses some of them start.
+_PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_PYTHON_DIR, os.environ.get("PYTHONPATH")]))
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_R50_WEIGHTS = FIXTURES / "golden" / "tiny_r50.safetensors"

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import codetr
 from codetr import modeljson
 
 NUM_QUERIES = 300
@@ -79,7 +80,7 @@ def model_json(batch: int, height: int, width: int, with_mask: bool, classes=CLA
         "device": "cpu",
         "dtype": "float32",
         "torch_version": torch.__version__,
-        "codetr_version": "0.1.0",
+        "codetr_version": codetr.__version__,  # as `codetr export` writes it
         "classes": list(classes),
         "input": {"batch": batch, "dynamic": False, "height": height, "width": width, "multiple": 32},
         "inputs": inputs,
@@ -153,11 +154,9 @@ if __name__ == "__main__":
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build_dir() -> Path:
-    return Path(os.environ.get("CODETR_BUILD_DIR", REPO / "build")).resolve()
-
-
 def runtime_binary(name: str) -> Path:
-    """Path of a built runtime executable (codetr-detect, codetr_runtime_probe)."""
-    sub = "cpp" if name == "codetr-detect" else "cpp/tests"
-    return build_dir() / sub / name
+    """Path of a built runtime executable: codetr-detect beside the libraries (codetr._lib), the
+    test-only codetr_runtime_probe in the build tree."""
+    from codetr import _lib
+
+    return _lib.executable(name) if name == "codetr-detect" else _lib.build_dir() / "cpp" / "tests" / name

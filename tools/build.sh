@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Configure and build the native code (op library, C++ runtime, tests) into build/.
-# The op library is also copied into python/codetr/_lib so `import codetr` finds it.
+# Configure and build the native code (op library, C++ runtime, tests) into build/. The libraries,
+# the binding and codetr-detect land in build/python/codetr/_lib, where a checkout's `import codetr`
+# (PYTHONPATH=python) finds them (python/codetr/_lib/__init__.py; CODETR_BUILD_DIR picks another).
 # Usage: tools/build.sh [extra cmake -D options]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -17,6 +17,6 @@ cmake -S examples/minimal -B "$BUILD_DIR/example-minimal" -G Ninja -DCMAKE_BUILD
 cmake --build "$BUILD_DIR/example-minimal" --parallel "${CODETR_BUILD_JOBS:-$(nproc)}"
 PACKAGE="$BUILD_DIR/example-minimal/standin-package"
 if [ ! -f "$PACKAGE/model.pt2" ]; then
-  python3 tests/runtime_standin.py "$PACKAGE" > /dev/null
+  PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH} python3 tests/runtime_standin.py "$PACKAGE" > /dev/null
 fi
 "$BUILD_DIR/example-minimal/codetr_minimal" "$PACKAGE"

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
+export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 
 PRESET=${CODETR_PRESET:-co_dino_5scale_r50_8xb2_1x_coco}
 DEVICE=${CODETR_DEVICE:-cpu}
@@ -26,6 +27,6 @@ fi
 inputs=("$@")
 [ ${#inputs[@]} -eq 0 ] && inputs=(python/codetr/assets/demo.jpg)
 echo "== codetr-detect"
-"${CODETR_BUILD_DIR:-build}/cpp/codetr-detect" --model "$MODEL_DIR" --device "$DEVICE" \
+"$(python3 -c 'import codetr._lib as lib; print(lib.executable("codetr-detect"))')" --model "$MODEL_DIR" --device "$DEVICE" \
   --out-dir "$OUT_DIR" --json "$OUT_DIR/detections.json" "${inputs[@]}"
 echo "== wrote $OUT_DIR/detections.json and annotated images in $OUT_DIR/"

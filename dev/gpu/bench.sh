@@ -7,8 +7,8 @@
 # Usage (device tool, carry .deps): bash dev/gpu/bench.sh cli python video
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
-[ -x build-device/cpp/codetr-detect ] || build_native
-DETECT=$PWD/build-device/cpp/codetr-detect
+[ -x build-device/python/codetr/_lib/codetr-detect ] || build_native
+DETECT=$PWD/build-device/python/codetr/_lib/codetr-detect
 demo_ppm
 run_cli() {
   for name in ${NAMES:-r50_b1 r50_b8 swin_l_b1 swin_l_b8}; do

@@ -6,6 +6,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
+# codetr._lib of this checkout loads the native files from this build tree.
+export CODETR_BUILD_DIR=build-device
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ENGINES=${ENGINES:-/tmp/engines}
@@ -21,7 +23,7 @@ build_native() {
   CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=ON \
     -DCODETR_BUILD_TESTS=${TESTS:-OFF} -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include > "$OUT/build.log" 2>&1 \
     || { tail -40 "$OUT/build.log"; exit 1; }
-  DETECT=$PWD/build-device/cpp/codetr-detect
+  DETECT=$PWD/build-device/python/codetr/_lib/codetr-detect
 }
 
 # The demo image as binary PPM (codetr-detect on this machine is built without OpenCV).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from codetr import _lib
 from codetr._native import runtime
 
 
@@ -15,7 +16,10 @@ def library_path() -> str:
     return runtime.find_ops_library()
 
 
-runtime.load_ops_library()
+try:
+    runtime.load_ops_library()
+except runtime.Error as exc:
+    raise ImportError(f"codetr: {exc}; {_lib.rebuild_hint()}") from exc
 
 
 @torch.library.register_fake("codetr::ms_deform_attn")

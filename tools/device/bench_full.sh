@@ -21,7 +21,7 @@ echo "== build $(date +%T)"
 CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_TESTS=OFF -DCODETR_BUILD_RUNTIME=ON \
   -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
-DETECT=$PWD/build-device/cpp/codetr-detect
+DETECT=$PWD/build-device/python/codetr/_lib/codetr-detect
 IMAGE=/tmp/demo.ppm
 python3 -c "from PIL import Image; Image.open('python/codetr/assets/demo.jpg').convert('RGB').save('$IMAGE')"
 

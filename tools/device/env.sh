@@ -7,6 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python
+# codetr._lib of this checkout loads the native files from this build tree.
+export CODETR_BUILD_DIR=build-device
 export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
 
 # The op library alone (no runtime, no tests) in build-device; on failure, the log's tail and exit.
@@ -20,6 +22,6 @@ use_op_library() {
   LIB=${1:-}
   if [ -z "$LIB" ]; then
     build_op_library
-    LIB=$PWD/build-device/csrc/libcodetr_ops.so
+    LIB=$PWD/build-device/python/codetr/_lib/libcodetr_ops.so
   fi
 }

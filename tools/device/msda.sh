@@ -9,7 +9,7 @@ cat "$OUT/gpu.txt"
 echo "== build"
 build_op_library
 tail -1 "$OUT/build.log"
-LIB=$PWD/build-device/csrc/libcodetr_ops.so
+LIB=$PWD/build-device/python/codetr/_lib/libcodetr_ops.so
 
 # Probe the error path first (a crash prints the native stack); on a crash, the bad-input tests are
 # deselected so the CUDA tests still run.

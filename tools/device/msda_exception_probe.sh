@@ -18,8 +18,8 @@ variant() {  # $1: name, rest: command prefix for the build
   local dir=build-probe-$name
   "$@" env CODETR_BUILD_DIR=$dir CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
     -DCODETR_BUILD_TESTS=OFF -DCODETR_WITH_CUDA=OFF > "$OUT/build-$name.log" 2>&1 || { echo "$name: build failed"; tail -5 "$OUT/build-$name.log"; return; }
-  local lib=$PWD/$dir/csrc/libcodetr_ops.so
-  ninja -C $dir -t commands csrc/libcodetr_ops.so | tail -1 > "$OUT/link-$name.txt"
+  local lib=$PWD/$dir/python/codetr/_lib/libcodetr_ops.so
+  ninja -C $dir -t commands python/codetr/_lib/libcodetr_ops.so | tail -1 > "$OUT/link-$name.txt"
   local own=$(nm -D --defined-only "$lib" | grep -c "_ZNSo9_M_insert")
   CODETR_OPS_LIBRARY=$lib python3 -c "
 import torch

@@ -30,13 +30,13 @@ if [ -n "${BASE_DIR:-}" ]; then
   tar --exclude='./build*' -cf - . | tar -xf - -C "$base_src"
   cp -r "$BASE_DIR"/. "$base_src"/
   names+=(base)
-  lib[base]=$base_src/build-variant-base/csrc/libcodetr_ops.so
+  lib[base]=$base_src/build-variant-base/python/codetr/_lib/libcodetr_ops.so
   build base "$base_src" "" &
 fi
 for spec in "$@"; do
   name=${spec%%=*}
   names+=("$name")
-  lib[$name]=$PWD/build-variant-$name/csrc/libcodetr_ops.so
+  lib[$name]=$PWD/build-variant-$name/python/codetr/_lib/libcodetr_ops.so
   build "$name" "$PWD" "${spec#*=}" &
 done
 wait
