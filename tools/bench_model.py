@@ -2,7 +2,7 @@
 FLOPs, peak memory and a reduced-precision vs fp32 comparison.
 
 The AOTInductor engine is timed by the C++ runtime (`codetr-detect --benchmark`); this script
-times what it is compared against, in the same session. Method (METHOD.md): CUDA events around
+times what it is compared against, in the same session. Method (BENCHMARKS.md): CUDA events around
 each call, warm-up first, median of many calls, inputs rotated among several random images.
 
 Example (on the GPU machine):

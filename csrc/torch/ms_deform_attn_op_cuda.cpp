@@ -61,12 +61,9 @@ msda::CudaArgs operand_args(const at::Tensor& value, const at::Tensor& sampling_
   return args;
 }
 
-// The side stream's priority (tools/device/msda_variants.sh times both): high, because the branch
-// it runs (binning and output tiles) is the longer one. H100, fp16 decoder backward, 2026-11-24:
-// 73.8 us high vs 81.9 us normal.
-#ifndef CODETR_MSDA_SIDE_PRIORITY_HIGH
-#define CODETR_MSDA_SIDE_PRIORITY_HIGH 1
-#endif
+// The side stream runs at high priority: the branch it runs (binning and output tiles) is the
+// longer one (docs/perf-history.md has the timings).
+constexpr bool kSideStreamHighPriority = true;
 
 // A pool stream and two events for backward_cuda's independent branch. The events are created once
 // per thread and device and reused for the life of the thread: a wait takes the event's latest
@@ -84,7 +81,7 @@ msda::CudaSideStream side_stream(c10::DeviceIndex device) {
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.fork, cudaEventDisableTiming));
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.join, cudaEventDisableTiming));
   }
-  return {c10::cuda::getStreamFromPool(CODETR_MSDA_SIDE_PRIORITY_HIGH != 0, device).stream(), e.fork, e.join};
+  return {c10::cuda::getStreamFromPool(kSideStreamHighPriority, device).stream(), e.fork, e.join};
 }
 
 at::Tensor ms_deform_attn_cuda(const at::Tensor& value, at::IntArrayRef spatial_shapes,

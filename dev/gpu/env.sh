@@ -1,7 +1,8 @@
 # Sourced by the GPU-machine scripts in dev/gpu (run through the device tool; not run alone): work
 # from the repository root, logs under $OUT, Python from this checkout, the system compiler (the
-# image's /opt/gcc links a static libstdc++ that crashes torch extensions on their first error),
-# nlohmann/json.hpp from the carried .deps (the machine has none), wheels from the carried .whl.
+# image's /opt/gcc links a static libstdc++ that crashes torch extensions on their first error;
+# csrc/CMakeLists.txt refuses such a compiler), nlohmann/json.hpp from the carried .deps (the
+# machine has none), wheels from the carried .whl.
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -30,4 +31,19 @@ build_native() {
 demo_ppm() {
   IMAGE=/tmp/demo.ppm
   python3 -c "from PIL import Image; Image.open('python/codetr/assets/demo.jpg').convert('RGB').save('$IMAGE')"
+}
+
+# The op library alone (no runtime, no tests) in build-device; on failure, the log's tail and exit.
+build_op_library() {
+  CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=OFF \
+    -DCODETR_BUILD_TESTS=OFF > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+}
+
+# LIB = $1 (an op library) or, without it, the op built into build-device.
+use_op_library() {
+  LIB=${1:-}
+  if [ -z "$LIB" ]; then
+    build_op_library
+    LIB=$PWD/build-device/python/codetr/_lib/libcodetr_ops.so
+  fi
 }

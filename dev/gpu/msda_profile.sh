@@ -4,7 +4,7 @@
 # locations fp32). First the per-kernel CUDA times of 20 calls (torch.profiler), then Nsight
 # Compute's speed-of-light, occupancy, warp-state and memory sections for the kernels matching
 # KERNELS (a regex, default backward_kernel) of one call, with --clock-control none (leave the
-# clocks alone: METHOD.md). $1: the op library (default: build the op into build-device).
+# clocks alone: BENCHMARKS.md "Method"). $1: the op library (default: build the op into build-device).
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 use_op_library "${1:-}"

@@ -10,7 +10,7 @@
 # (default R50 and Swin-L), AOTI_WIDTH/AOTI_HEIGHT their input size (default 1152x768);
 # REUSE_EXPORTS=1 times packages an earlier call left in /tmp on a still warm machine. Logs and
 # JSON go to $OUT.
-# Usage: tools/device/bench_full.sh eager aoti
+# Usage: dev/gpu/bench_full.sh eager aoti
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"

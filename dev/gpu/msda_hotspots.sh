@@ -12,7 +12,7 @@ export CASE=${CASE:-decoder} DTYPE=${DTYPE:-half}
 KERNELS_RE=${KERNELS:-tile_kernel|backward_kernel}
 PER_CALL=${PER_CALL:-2}  # matching kernels per call
 KERNELS="$KERNELS_RE" SKIP=$((3 * PER_CALL)) COUNT=$PER_CALL NCU_LINES=${NCU_LINES:-70} \
-  tools/device/msda_profile.sh "$LIB"
+  dev/gpu/msda_profile.sh "$LIB"
 # The same launches again, for the per-instruction stall sampling alone (msda_profile.sh printed the
 # speed-of-light and warp-state sections).
 report=/tmp/msda_hotspots

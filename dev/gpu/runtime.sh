@@ -4,7 +4,7 @@
 # the CPU path: PreprocessCuda.*). The machine has no GoogleTest and cannot fetch one: carry .deps
 # with nlohmann/json.hpp (.deps/include) and the GoogleTest sources (.deps/googletest, e.g. a copy
 # of /usr/src/googletest), which are built here first. Logs go to $OUT.
-# Usage: tools/device/runtime.sh
+# Usage: dev/gpu/runtime.sh
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
