@@ -155,8 +155,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def runtime_binary(name: str) -> Path:
-    """Path of a built runtime executable: codetr-detect beside the libraries (codetr._lib), the
-    test-only codetr_runtime_probe in the build tree."""
+    """Path of a built runtime executable shipped beside the libraries (codetr._lib): codetr-detect."""
     from codetr import _lib
 
-    return _lib.executable(name) if name == "codetr-detect" else _lib.build_dir() / "cpp" / "tests" / name
+    return _lib.executable(name)

@@ -150,7 +150,7 @@ def test_model_json_content(exported_tiny_package):
     on_disk = json.loads((exported_tiny_package / "model.json").read_text())
     assert spec == on_disk
     h, w = TINY_PACKAGE_SIZE
-    assert spec["format_version"] == 1
+    assert spec["format_version"] == 2
     assert spec["preset"] == "tiny_r50"
     assert spec["engine"] == {"format": "aoti", "file": "model.pt2"}
     assert (exported_tiny_package / "model.pt2").is_file()
@@ -169,7 +169,7 @@ def test_model_json_content(exported_tiny_package):
     assert pre["pad_value"] == 0.0 and pre["pad_stage"] == "after_normalize" and pre["mask"] == "padding"
     assert pre["bgr_to_rgb"] is True
     assert pre["mean"] == [123.675, 116.28, 103.53] and pre["std"] == [58.395, 57.12, 57.375]
-    assert spec["postprocess"] == {"score_thr": 0.0, "max_per_img": 300,
+    assert spec["postprocess"] == {"score_thr": 0.0, "max_per_img": 300, "clip": False,
                                    "nms": {"type": "soft_nms", "iou_threshold": 0.8, "method": "linear",
                                            "sigma": 0.5, "min_score": 0.001}}
 
@@ -241,18 +241,20 @@ def test_dynamic_package_matches_eager_above_and_below_the_trace_size(tmp_path):
 # engine input validation (used by the ONNX runner; same rules as the C++ runtime)
 # ---------------------------------------------------------------------------------------------
 def _dynamic_spec():
-    return {"input": {"min_batch": 1, "max_batch": 4, "dynamic": True, "min_height": 96, "max_height": 256,
-                      "min_width": 96, "max_width": 320, "multiple": 32},
-            "inputs": [{"name": "images", "shape": [-1, 3, -1, -1], "dtype": "float32"},
-                       {"name": "masks", "shape": [-1, -1, -1], "dtype": "bool"}]}
+    from runtime_standin import model_json
+
+    spec = model_json(1, 128, 128, with_mask=True, dynamic=True)
+    spec["input"] = {"min_batch": 1, "max_batch": 4, "dynamic": True, "min_height": 96, "max_height": 256,
+                     "min_width": 96, "max_width": 320, "multiple": 32}
+    return spec
 
 
 @pytest.mark.parametrize("shape, mask_shape, message", [
     ((1, 3, 100, 128), (1, 100, 128), "height 100 is not a multiple of 32"),
     ((1, 3, 128, 130), (1, 128, 130), "width 130 is not a multiple of 32"),
-    ((1, 3, 288, 128), (1, 288, 128), r"height is 288, engine expects in \[96, 256\]"),
-    ((5, 3, 128, 128), (5, 128, 128), r"batch is 5, engine expects in \[1, 4\]"),
-    ((1, 1, 128, 128), (1, 128, 128), "channels is 1, engine expects 3"),
+    ((1, 3, 288, 128), (1, 288, 128), r"height is 288, the engine takes \[96, 256\]"),
+    ((5, 3, 128, 128), (5, 128, 128), r"batch is 5, the engine takes \[1, 4\]"),
+    ((1, 1, 128, 128), (1, 128, 128), "channels is 1, the engine takes 3"),
     ((1, 3, 128), (1, 128, 128), "expected rank 4"),
     ((1, 3, 128, 128), (1, 128, 96), "masks`: width is 96|does not match images"),
 ])
@@ -270,10 +272,11 @@ def test_validate_engine_inputs_dtype_and_mask_presence():
         validate_engine_inputs(spec, images.half(), masks)
     with pytest.raises(ValueError, match="expected dtype bool, got uint8"):
         validate_engine_inputs(spec, images, masks.to(torch.uint8))
-    with pytest.raises(ValueError, match="needs a `masks` input"):
+    with pytest.raises(ValueError, match=r"engine expects 2 inputs \(model.json 'inputs'\), got 1"):
         validate_engine_inputs(spec, images)
     spec["inputs"] = spec["inputs"][:1]
-    with pytest.raises(ValueError, match="takes no `masks` input"):
+    spec["preprocess"]["mask"] = "none"
+    with pytest.raises(ValueError, match=r"engine expects 1 inputs \(model.json 'inputs'\), got 2"):
         validate_engine_inputs(spec, images, masks)
     validate_engine_inputs(spec, images.numpy())  # numpy arrays are checked the same way
 

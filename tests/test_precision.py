@@ -40,7 +40,7 @@ def test_check_finite_outputs_messages():
 def test_postprocess_refuses_non_finite_outputs():
     boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0]]])
     scores = torch.tensor([[0.9, float("nan")]])
-    metas = [{"scale_factor": (1.0, 1.0)}]
+    metas = [{"ori_shape": (30, 30), "img_shape": (30, 30), "scale_factor": (1.0, 1.0)}]
     with pytest.raises(NonFiniteOutputError, match="'scores' has 1 non-finite"):
         postprocess(boxes, scores, torch.tensor([[1, 2]]), metas, "tiny_r50")
     scores[0, 1] = 0.5

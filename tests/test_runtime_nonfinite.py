@@ -11,6 +11,8 @@ import subprocess
 import pytest
 import torch
 
+from codetr import modeljson
+
 import runtime_standin as standin
 
 CLI = standin.runtime_binary("codetr-detect")
@@ -39,12 +41,15 @@ def overflow_package(tmp_path_factory):
     engine = OverflowingStandIn(len(standin.CLASSES), with_mask=True).eval()
     args = (torch.zeros(batch, 3, height, width, dtype=torch.float16),
             torch.zeros(batch, height, width, dtype=torch.bool))
-    with torch.no_grad():
-        program = torch.export.export(engine, args)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(out / "model.pt2"))
     spec = standin.model_json(batch, height, width, with_mask=True)
     spec["dtype"] = spec["inputs"][0]["dtype"] = "float16"
-    (out / "model.json").write_text(json.dumps(spec, indent=2))
+    contract = modeljson.engine_contract(spec["dtype"], spec["input"], spec["inputs"], spec["outputs"])
+    with torch.no_grad():
+        program = torch.export.export(engine, args)
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(out / "model.pt2"),
+            inductor_configs={"aot_inductor.metadata": {modeljson.ENGINE_CONTRACT_KEY: contract}})
+    modeljson.write_model_json(out, spec)
     return out
 
 

@@ -1,5 +1,6 @@
-"""The C++ runtime's NMS and preprocessing against torchvision / cv2, through the test
-executable codetr_runtime_probe (tensors exchanged as torch.save files)."""
+"""The runtime core's NMS and preprocessing (C++, through the Python binding: the code codetr-detect
+and codetr.Detector run) against torchvision, cv2, mmcv's own soft-NMS output and fp64 references,
+and one Detector called from several threads at once."""
 from __future__ import annotations
 
 import json
@@ -16,23 +17,23 @@ torchvision = pytest.importorskip("torchvision")
 
 from reference_nms import reference_soft_nms  # noqa: E402  (needs torchvision)
 
-PROBE = standin.runtime_binary("codetr_runtime_probe")
-NMS_TYPES = {"none": 0, "nms": 1, "soft_linear": 2, "soft_gaussian": 3}
+from codetr._native import runtime  # noqa: E402
+
+NMS_CONFIGS = {
+    "nms": lambda iou, sigma, min_score: {"type": "nms", "iou_threshold": iou},
+    "soft_linear": lambda iou, sigma, min_score: {"type": "soft_nms", "iou_threshold": iou, "method": "linear",
+                                                  "sigma": sigma, "min_score": min_score},
+    "soft_gaussian": lambda iou, sigma, min_score: {"type": "soft_nms", "iou_threshold": iou, "method": "gaussian",
+                                                    "sigma": sigma, "min_score": min_score},
+}
 
 
-@pytest.fixture(scope="module")
-def probe():
-    if not PROBE.exists():
-        pytest.skip(f"{PROBE} is not built (tools/build.sh)")
-    return PROBE
-
-
-def run_probe(probe, tmp_path, mode, tensors, *extra):
-    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
-    torch.save(list(tensors), src)
-    proc = subprocess.run([str(probe), mode, *map(str, extra), str(src), str(dst)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return torch.load(dst)
+def core_batched_nms(boxes, scores, labels, kind, iou, sigma=0.5, min_score=1e-3):
+    """The core's batched NMS with an NMS section as model.json states it."""
+    cfg = standin.model_json(batch=1, height=160, width=224, with_mask=True)
+    cfg["postprocess"]["nms"] = NMS_CONFIGS[kind](iou, sigma, min_score)
+    keep, kept = runtime.batched_nms(boxes.numpy(), scores.numpy(), labels.numpy(), json.dumps(cfg))
+    return torch.from_numpy(keep), torch.from_numpy(kept)
 
 
 def random_boxes(n, seed):
@@ -49,10 +50,9 @@ def random_boxes(n, seed):
 
 
 @pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
-def test_hard_nms_matches_torchvision(probe, tmp_path, iou):
+def test_hard_nms_matches_torchvision(iou):
     boxes, scores, labels = random_boxes(300, seed=int(iou * 10))
-    keep, kept_scores = run_probe(probe, tmp_path, "nms",
-                                  [boxes, scores, labels, torch.tensor([1.0, iou, 0.5, 0.001])])
+    keep, kept_scores = core_batched_nms(boxes, scores, labels, "nms", iou)
     expected = torchvision.ops.batched_nms(boxes, scores, labels, iou)
     assert 0 < len(expected) < len(boxes)
     assert keep.tolist() == expected.tolist()
@@ -60,23 +60,15 @@ def test_hard_nms_matches_torchvision(probe, tmp_path, iou):
 
 
 @pytest.mark.parametrize("method", ["soft_linear", "soft_gaussian"])
-def test_soft_nms_matches_fp64_reference(probe, tmp_path, method):
+def test_soft_nms_matches_fp64_reference(method):
     boxes, scores, labels = random_boxes(120, seed=3)
     iou, sigma, min_score = 0.5, 0.5, 0.05
-    keep, kept_scores = run_probe(probe, tmp_path, "nms", [boxes, scores, labels,
-                                                           torch.tensor([float(NMS_TYPES[method]), iou, sigma, min_score])])
+    keep, kept_scores = core_batched_nms(boxes, scores, labels, method, iou, sigma, min_score)
     shifted = boxes + (labels.float() * (boxes.max() + 1))[:, None]
     exp_keep, exp_scores = reference_soft_nms(shifted, scores, iou, method.removeprefix("soft_"), sigma, min_score)
     assert 0 < len(exp_keep) < len(boxes)  # something was decayed away
     assert keep.tolist() == exp_keep.tolist()
     torch.testing.assert_close(kept_scores.double(), exp_scores, rtol=1e-5, atol=1e-6)
-
-
-def write_model_dir(tmp_path, **preprocess_overrides):
-    cfg = standin.model_json(batch=1, height=160, width=224, with_mask=True)
-    cfg["preprocess"].update(preprocess_overrides)
-    (tmp_path / "model.json").write_text(json.dumps(cfg))
-    return tmp_path, cfg
 
 
 def cv2_pipeline(bgr, scale, pad_hw, cfg):
@@ -92,36 +84,34 @@ def cv2_pipeline(bgr, scale, pad_hw, cfg):
 
 # (1600, 2666) -> (800, 1333) is an exact 2x downscale, where OpenCV switches to INTER_AREA.
 @pytest.mark.parametrize("hw", [(333, 517), (517, 333), (37, 51), (480, 640), (1000, 97), (2, 3), (1600, 2666)])
-def test_preprocess_equals_cv2_pipeline(probe, tmp_path, hw):
+def test_preprocess_equals_cv2_pipeline(hw):
     # A dynamic engine with mmdet's (1333, 800) scale and 32-divisor padding (no fitting).
-    model_dir, cfg = write_model_dir(tmp_path, resize={"scale": [1333, 800], "keep_ratio": True,
-                                                       "interpolation": "bilinear"}, pad={"size_divisor": 32})
+    cfg = standin.model_json(batch=1, height=160, width=224, with_mask=True)
+    cfg["preprocess"].update(resize={"scale": [1333, 800], "keep_ratio": True, "interpolation": "bilinear"},
+                             pad={"size_divisor": 32})
     cfg["input"] = {"batch": 1, "dynamic": True, "min_height": 32, "max_height": 1344, "min_width": 32,
                     "max_width": 1344, "multiple": 32}
-    cfg["inputs"][0]["shape"] = [1, 3, -1, -1]
-    cfg["inputs"][1]["shape"] = [1, -1, -1]
-    (model_dir / "model.json").write_text(json.dumps(cfg))
     bgr = np.random.default_rng(hw[0] * 7 + hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
-    images, masks, meta = run_probe(probe, tmp_path, "preprocess", [torch.from_numpy(bgr)], model_dir)
+    images, masks, metas = runtime.preprocess([bgr], json.dumps(cfg), "bgr")
     ref, nh, nw = cv2_pipeline(bgr, (1333, 800), images.shape[2:], cfg)
     assert images.shape[2] % 32 == 0 and images.shape[3] % 32 == 0
     assert images.shape[2] - nh < 32 and images.shape[3] - nw < 32
-    assert (int(meta[0]), int(meta[1])) == (nh, nw)
-    assert meta[2].item() == pytest.approx(nw / hw[1]) and meta[3].item() == pytest.approx(nh / hw[0])
-    np.testing.assert_array_equal(images[0].numpy(), ref)  # bit-exact
+    assert metas[0]["img_shape"] == (nh, nw)
+    assert metas[0]["scale_factor"] == (np.float32(nw / hw[1]), np.float32(nh / hw[0]))
+    np.testing.assert_array_equal(images[0], ref)  # bit-exact
     expected_mask = np.ones(images.shape[2:], bool)
     expected_mask[:nh, :nw] = False
-    np.testing.assert_array_equal(masks[0].numpy(), expected_mask)
+    np.testing.assert_array_equal(masks[0], expected_mask)
 
 
-def test_soft_nms_matches_mmcv_kernel_output(probe, tmp_path):
-    """Co-DINO's test_cfg soft-NMS (class-aware, linear, iou 0.8, sigma 0.5, min_score 1e-3), C++
-    runtime and Python reference, against mmcv's own CPU soft_nms kernel run on the same 300
+def test_soft_nms_matches_mmcv_kernel_output():
+    """Co-DINO's test_cfg soft-NMS (class-aware, linear, iou 0.8, sigma 0.5, min_score 1e-3), the
+    runtime core and the Python oracle, against mmcv's own CPU soft_nms kernel run on the same 300
     clustered boxes (tests/fixtures/golden/soft_nms_io.safetensors; see its soft_nms.json)."""
     from safetensors.torch import load_file
 
-    from codetr.postprocess import batched_nms
     from codetr.presets import PostprocessConfig
+    from oracles.postprocess import batched_nms
 
     io = load_file(str(standin.REPO / "tests" / "fixtures" / "golden" / "soft_nms_io.safetensors"))
     boxes, scores, labels = io["boxes"], io["scores"], io["labels"]
@@ -134,7 +124,27 @@ def test_soft_nms_matches_mmcv_kernel_output(probe, tmp_path):
     assert py_keep.tolist() == mmcv_keep.tolist()
     torch.testing.assert_close(py_scores, mmcv_scores, rtol=1e-6, atol=1e-7)
 
-    params = torch.tensor([float(NMS_TYPES["soft_linear"]), cfg.iou_threshold, cfg.sigma, cfg.min_score])
-    cpp_keep, cpp_scores = run_probe(probe, tmp_path, "nms", [boxes, scores, labels, params])
+    cpp_keep, cpp_scores = core_batched_nms(boxes, scores, labels, "soft_linear", cfg.iou_threshold, cfg.sigma,
+                                            cfg.min_score)
     assert cpp_keep.tolist() == mmcv_keep.tolist()
     torch.testing.assert_close(cpp_scores, mmcv_scores, rtol=1e-6, atol=1e-7)
+
+
+def test_one_detector_serves_concurrent_threads(tmp_path):
+    """detect() from 4 Python threads at once on one Detector (2 engine runners; the binding releases
+    the GIL) equals sequential calls on the same distinct images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import codetr
+
+    model_dir = standin.build_package(tmp_path / "standin", batch=1, height=160, width=224)
+    det = codetr.Detector(model_dir, num_runners=2)
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (150 + 7 * i, 200 - 5 * i, 3), dtype=np.uint8) for i in range(12)]
+    sequential = [det.detect(img) for img in images]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(det.detect, images))
+    for a, b in zip(sequential, concurrent):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.labels, b.labels)
