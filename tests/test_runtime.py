@@ -84,7 +84,8 @@ def reference_preprocess(bgrs: list, cfg: dict):
 
 
 def reference_postprocess(boxes, scores, labels, scale, ori_hw, post: dict):
-    """mmdet CoDINOHead order: threshold, rescale, batched NMS, max_per_img; then clip."""
+    """mmdet CoDINOHead order: threshold, rescale, batched NMS, max_per_img; then clip only when
+    model.json's postprocess.clip asks for it (mmdet does not clip)."""
     if post["score_thr"] > 0:
         valid = scores > post["score_thr"]
         boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
@@ -102,8 +103,9 @@ def reference_postprocess(boxes, scores, labels, scale, ori_hw, post: dict):
         keep = torch.arange(len(scores))
     keep, scores = keep[:post["max_per_img"]], scores[:post["max_per_img"]]
     out = boxes[keep]
-    out[:, 0::2] = out[:, 0::2].clamp(0, ori_hw[1])
-    out[:, 1::2] = out[:, 1::2].clamp(0, ori_hw[0])
+    if post.get("clip"):
+        out[:, 0::2] = out[:, 0::2].clamp(0, ori_hw[1])
+        out[:, 1::2] = out[:, 1::2].clamp(0, ori_hw[0])
     return out, scores.float(), labels[keep]
 
 
