@@ -159,3 +159,19 @@ def runtime_binary(name: str) -> Path:
     from codetr import _lib
 
     return _lib.executable(name)
+
+
+def require_opencv_cli() -> Path:
+    """codetr-detect built with OpenCV image I/O (any format, video), or skip: the GPU machine's build
+    has no OpenCV C++ and reads binary PPM only (`codetr-detect --build-info` says which)."""
+    import subprocess
+
+    import pytest
+
+    cli = runtime_binary("codetr-detect")
+    if not cli.exists():
+        pytest.skip(f"{cli} is not built (tools/build.sh)")
+    info = subprocess.run([str(cli), "--build-info"], capture_output=True, text=True, timeout=60).stdout
+    if "image_io opencv" not in info:
+        pytest.skip("codetr-detect was built without OpenCV (binary PPM only): these inputs need it")
+    return cli

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime_standin import REPO, runtime_binary
+from runtime_standin import REPO, require_opencv_cli, runtime_binary
 
 CLI = runtime_binary("codetr-detect")
 DEMO = REPO / "python" / "codetr" / "assets" / "demo.jpg"
@@ -25,18 +25,9 @@ SHAPES = REPO / "tests" / "data" / "shapes_517x333.jpg"
 TIMEOUT = 300
 
 
-def backend() -> str:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} is not built")
-    out = subprocess.run([str(CLI), "--build-info"], capture_output=True, text=True, timeout=60).stdout
-    return out.split()[1]
-
-
 @pytest.fixture(scope="module")
 def opencv_cli():
-    if backend() != "opencv":
-        pytest.skip("codetr-detect was built without OpenCV (PPM only): the corpus is JPEG/PNG")
-    return CLI
+    return require_opencv_cli()
 
 
 def run(args, **kw):
@@ -186,7 +177,8 @@ def test_outputs_are_checked_before_any_work(opencv_cli, exported_tiny_package, 
 
 
 def test_fifo_model_json_is_refused_not_read(exported_tiny_package, tmp_path):
-    backend()
+    if not CLI.exists():
+        pytest.skip(f"{CLI} is not built")
     model = tmp_path / "model"
     model.mkdir()
     shutil.copy(exported_tiny_package / "model.pt2", model / "model.pt2")

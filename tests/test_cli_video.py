@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from runtime_standin import runtime_binary
+from runtime_standin import require_opencv_cli, runtime_binary
 
 cv2 = pytest.importorskip("cv2")
 CLI = runtime_binary("codetr-detect")
@@ -16,12 +16,7 @@ CLI = runtime_binary("codetr-detect")
 
 @pytest.fixture(scope="module")
 def video_cli():
-    if not CLI.exists():
-        pytest.skip(f"{CLI} is not built")
-    info = subprocess.run([str(CLI), "--build-info"], capture_output=True, text=True, timeout=60).stdout
-    if "image_io opencv" not in info:
-        pytest.skip("codetr-detect was built without OpenCV: no video input")
-    return CLI
+    return require_opencv_cli()
 
 
 def make_clip(path, frames=7, size=(150, 202), fps=10.0):

@@ -31,9 +31,7 @@ JSON_KEYS = {"file_name", "image_id", "category_id", "bbox", "score"}
 
 @pytest.fixture(scope="session")
 def cli() -> Path:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} is not built (tools/build.sh)")
-    return CLI
+    return standin.require_opencv_cli()
 
 
 @pytest.fixture(scope="session")

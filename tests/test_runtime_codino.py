@@ -24,8 +24,7 @@ COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69,
 
 
 def test_cli_matches_python_eager_codino(exported_tiny_package, tmp_path):
-    if not CLI.exists():
-        pytest.skip(f"{CLI} is not built (tools/build.sh; needs OpenCV)")
+    standin.require_opencv_cli()
     from codetr.models import build_model
     from codetr.postprocess import postprocess_single
     from codetr.preprocess import preprocess

@@ -34,8 +34,7 @@ class OverflowingStandIn(standin.StandInEngine):
 
 @pytest.fixture(scope="module")
 def overflow_package(tmp_path_factory):
-    if not CLI.exists():
-        pytest.skip(f"{CLI} is not built (tools/build.sh)")
+    standin.require_opencv_cli()
     out = tmp_path_factory.mktemp("overflow_standin")
     batch, height, width = 1, 160, 224
     engine = OverflowingStandIn(len(standin.CLASSES), with_mask=True).eval()
