@@ -465,6 +465,11 @@ ModelConfig load_model_config(const std::string& model_dir) {
   return parse_model_config(text.str(), path);
 }
 
+const std::vector<std::string>& coco80_classes() {
+  static const std::vector<std::string> names(kCoco80.begin(), kCoco80.end());
+  return names;
+}
+
 bool is_coco80(const std::vector<std::string>& classes) {
   if (classes.size() != kCoco80.size()) return false;
   for (size_t i = 0; i < classes.size(); ++i)

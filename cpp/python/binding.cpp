@@ -95,6 +95,8 @@ PYBIND11_MODULE(_runtime, m) {
   m.def("nonfinite_message", &core::nonfinite_message, py::arg("what"), py::arg("bad"), py::arg("total"),
         py::arg("dtype"));
   m.def("model_json_version", [] { return kModelJsonVersion; });
+  m.def("coco80_classes", &coco80_classes, "The 80 COCO class names in the standard order.");
+  m.def("coco80_category_id", &coco80_category_id, py::arg("class_index"), "COCO category id of class 0..79.");
   m.def(
       "parse_model_config",
       [](const std::string& text, const std::string& source) { return model_config_to_json(parse_model_config(text, source)); },

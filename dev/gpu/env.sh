@@ -47,3 +47,16 @@ use_op_library() {
     LIB=$PWD/build-device/python/codetr/_lib/libcodetr_ops.so
   fi
 }
+
+# GoogleTest from the carried sources (.deps/googletest), then the native code with its tests in
+# build-device. The machine has no GoogleTest and cannot fetch one.
+build_with_tests() {
+  local prefix=/tmp/gtest
+  { cmake -S .deps/googletest -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF \
+      -DCMAKE_INSTALL_LIBDIR=lib -DCMAKE_INSTALL_PREFIX=$prefix && cmake --build /tmp/gtest-build && \
+      cmake --install /tmp/gtest-build; } > "$OUT/gtest.log" 2>&1 || { tail -20 "$OUT/gtest.log"; exit 1; }
+  CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=ON -DCODETR_BUILD_TESTS=ON \
+    -DGTest_DIR=$prefix/lib/cmake/GTest -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include \
+    > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  grep "codetr:" "$OUT/build.log"
+}

@@ -9,17 +9,8 @@ set -uo pipefail
 source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-echo "== googletest"
-GTEST_PREFIX=/tmp/gtest
-{ cmake -S .deps/googletest -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF -DCMAKE_INSTALL_LIBDIR=lib \
-    -DCMAKE_INSTALL_PREFIX=$GTEST_PREFIX && cmake --build /tmp/gtest-build && cmake --install /tmp/gtest-build; } \
-  > "$OUT/gtest.log" 2>&1 || { tail -20 "$OUT/gtest.log"; exit 1; }
-
-echo "== build $(date +%T)"
-CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=ON -DCODETR_BUILD_TESTS=ON \
-  -DGTest_DIR=$GTEST_PREFIX/lib/cmake/GTest -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include \
-  > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-grep "codetr:" "$OUT/build.log"
+echo "== googletest + build $(date +%T)"
+build_with_tests
 
 echo "== ctest $(date +%T)"
 ctest --test-dir build-device --output-on-failure > "$OUT/ctest.log" 2>&1

@@ -89,6 +89,9 @@ std::string model_config_to_json(const ModelConfig& config);
 // Reads and parses DIR/model.json. Throws codetr::Error when the file is absent or unreadable.
 ModelConfig load_model_config(const std::string& model_dir);
 
+// The 80 COCO class names in the standard order.
+const std::vector<std::string>& coco80_classes();
+
 // True when `classes` are the 80 COCO class names in the standard order.
 bool is_coco80(const std::vector<std::string>& classes);
 
