@@ -110,6 +110,32 @@ def _rename_dynamic_dims(model_proto, uses_mask: bool) -> None:
                 dim.dim_param = names[dim.dim_param]
 
 
+def _cast_like_to_cast(model_proto) -> None:
+    """Rewrite every ``CastLike(x, like)`` whose ``like`` dtype is known as ``Cast(x, to=dtype)``.
+
+    Same semantics by the ONNX definition of CastLike. Why: torch's lowerings emit CastLike (e.g.
+    scaled_dot_product_attention's scale, ``Sqrt(CastLike(1/sqrt(E), query))``, in the model dtype),
+    and onnxruntime 1.30's CPU provider mis-types the float32 cast it inserts in front of an fp16
+    op without an fp16 kernel (Sqrt) when that op's input comes from a CastLike: session creation
+    fails with "Type (tensor(float)) of output arg (InsertedPrecisionFreeCast_...) ... does not
+    match expected type (tensor(float16))". A plain Cast is handled by every onnxruntime version.
+    CastLike nodes whose ``like`` dtype cannot be inferred are left as they are.
+    """
+    import onnx
+    from onnx import helper
+
+    inferred = onnx.shape_inference.infer_shapes(model_proto).graph
+    dtypes = {v.name: v.type.tensor_type.elem_type
+              for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
+    dtypes.update({t.name: t.data_type for t in model_proto.graph.initializer})
+    for node in model_proto.graph.node:
+        to = dtypes.get(node.input[1]) if node.op_type == "CastLike" and node.domain in ("", "ai.onnx") else None
+        if to:  # 0 = UNDEFINED: not inferred
+            del node.input[1]
+            node.op_type = "Cast"
+            node.attribute.append(helper.make_attribute("to", to))
+
+
 def export_onnx(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, progress: Progress):
     import onnx
 
@@ -142,6 +168,7 @@ def export_onnx(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, pr
     with progress.step("packaging (saving + onnx.checker)"):
         proto = program.model_proto
         _rename_dynamic_dims(proto, uses_mask)
+        _cast_like_to_cast(proto)
         onnx.save_model(proto, str(path))
         onnx.checker.check_model(str(path))
     op_counts = _op_counts(proto)
