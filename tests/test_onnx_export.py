@@ -237,3 +237,39 @@ def test_float16_file_runs_in_onnxruntime(tmp_path):
     match = int(iou.argmax())
     assert iou[match] >= 0.9 and labels[0, 0] == ref_labels[0, match]
     assert _rel_err(boxes[0, 0], ref_boxes[0, match]) <= 1e-2
+
+
+def test_cast_like_with_known_dtype_becomes_cast():
+    """CastLike whose target dtype is known is written as Cast; the rewritten graph computes
+    sqrt(fp16(x)) like a numpy reference. A CastLike whose `like` dtype is unknown is kept.
+    (Why the rewrite exists - onnxruntime 1.30 failing to load the fp16 export - is covered end to
+    end by test_float16_file_runs_in_onnxruntime; this small graph alone does not trigger it.)"""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from codetr.onnx_export import _cast_like_to_cast
+
+    nodes = [helper.make_node("CastLike", ["x", "like"], ["x16"]),
+             helper.make_node("Sqrt", ["x16"], ["y"]),
+             helper.make_node("CastLike", ["x", "unknown"], ["z"])]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]),
+         helper.make_tensor_value_info("like", TensorProto.FLOAT16, [1]),
+         helper.make_tensor_value_info("unknown", TensorProto.UNDEFINED, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [4])])
+    # IR 10: the newest onnx writes an IR version older onnxruntime releases refuse.
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    _cast_like_to_cast(proto)
+    assert [n.op_type for n in proto.graph.node] == ["Cast", "Sqrt", "CastLike"]
+    cast = proto.graph.node[0]
+    assert list(cast.input) == ["x"]
+    assert {a.name: helper.get_attribute_value(a) for a in cast.attribute} == {"to": TensorProto.FLOAT16}
+
+    del proto.graph.node[2], proto.graph.input[2]  # the unknown-dtype branch cannot run
+    x = np.array([0.25, 2.0, 3.0, 1e4], dtype=np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(["y"], {"x": x, "like": np.zeros(1, np.float16)})
+    assert y.dtype == np.float16
+    assert np.array_equal(y, np.sqrt(x.astype(np.float64)).astype(np.float16))
