@@ -1,4 +1,4 @@
-"""Reduced precision (issue 5): NaN/inf model outputs (a float16 overflow) are an error with the
+"""Reduced precision: NaN/inf model outputs (a float16 overflow) are an error with the
 cause and the fix, never silently post-processed; the fp16/bf16-vs-fp32 comparison.
 (The overflow safeguards of the model itself: tests/test_swin_fp16.py.)
 """

@@ -1,4 +1,4 @@
-"""The C++ runtime refuses engine outputs holding NaN/inf (issue 5): a float16 stand-in engine whose
+"""The C++ runtime refuses engine outputs holding NaN/inf: a float16 stand-in engine whose
 scores turn NaN (what an fp16 overflow looks like after the engine) makes `codetr-detect` name the
 output, the float16 overflow and the fix, and exit nonzero, instead of writing detections sorted
 from NaN scores.

@@ -1,4 +1,4 @@
-"""float16 must not overflow where Swin-L is known to (issue 5): Swin pieces whose weights push the
+"""float16 must not overflow where Swin-L is known to: Swin pieces whose weights push the
 plain float16 formulation past 65504. The plain formulation (re-implemented here: the code before
 the fix) gives inf/NaN; ours stays finite and close to float32 of the same weights, and in
 float32 ours is bit-identical to the plain one. All on the CPU (torch 2.11 runs fp16

@@ -4,7 +4,7 @@ Builds the preset once in float32 (random weights from --seed, or --checkpoint),
 reduced dtype, runs every copy eagerly on one image tensor and compares each with float32
 (codetr.precision.compare_detections): finite outputs, scores max abs diff (sorted score lists),
 box rel err and score diff of the matched detections, and the share of float32's top-k detections
-matched by the reduced run (same label, IoU >= 0.9). Target for a trained model (issue 5): every
+matched by the reduced run (same label, IoU >= 0.9). Target for a trained model: every
 run finite and top-100 agreement >= 0.95 ("meets_target"). With random weights the scores sit in
 a narrow band and tiny differences reorder them: the agreement then says little about a trained
 model (see BENCHMARKS.md).

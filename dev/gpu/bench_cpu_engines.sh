@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine's CPUs (issue 4): R50 at 800x1344 (the 1333x800 rule padded to 32), fp32,
+# On the GPU machine's CPUs: R50 at 800x1344 (the 1333x800 rule padded to 32), fp32,
 # plugin-free ONNX under onnxruntime vs the AOTInductor CPU package under codetr-detect.
 # Expects build-device/ from dev/gpu/bench_full.sh in the same session, else builds it.
 set -uo pipefail
