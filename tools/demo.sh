@@ -17,7 +17,8 @@ DTYPE=${CODETR_DTYPE:-float32}
 MODEL_DIR=${CODETR_MODEL_DIR:-out/demo_model_${PRESET}_${DEVICE}_${DTYPE}}
 OUT_DIR=${CODETR_OUT_DIR:-out/demo}
 
-if [ ! -f "$MODEL_DIR/model.json" ]; then
+# (Re-)export unless a cached model dir is one this codetr reads (an older format is re-exported).
+if ! python3 -c 'import sys, codetr.modeljson as m; m.load_model_json(sys.argv[1])' "$MODEL_DIR" 2>/dev/null; then
   export_args=(--preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" --height 768 --width 1152 --output "$MODEL_DIR")
   [ -n "${CODETR_CHECKPOINT:-}" ] && export_args+=(--checkpoint "$CODETR_CHECKPOINT")
   echo "== codetr export ${export_args[*]}"
