@@ -1,4 +1,4 @@
-"""`codetr` console script (also `python -m codetr`). Subcommands: export.
+"""`codetr` console script (also `python -m codetr`). Subcommands: export, eval.
 
 Exit codes: 0 success, 2 bad request (the message says what to change), 1 unexpected failure.
 """
@@ -77,10 +77,61 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(f"[codetr export] WARNING: {text}", file=sys.stderr)
 
 
+def _add_eval_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="COCO mAP of a model (model dir or eager) on a COCO-format dataset; compare two models",
+        description="Run MODEL over the images of a COCO-format annotation file, write DIR/results.json "
+                    "(COCO results) and DIR/metrics.json (COCO box mAP by pycocotools, with mmdetection's "
+                    "maxDets 100/300/1000). With --compare OTHER: OTHER's results and mAP too, the mAP "
+                    "delta, the fraction of detections matched one to one (same label, IoU >= --match-iou) "
+                    "and the largest score difference of a matched pair. Exit 1 when some images failed "
+                    "(each is named; the others are scored), 2 for a bad request.")
+    p.add_argument("model", metavar="MODEL",
+                   help="a model directory from `codetr export` (AOTInductor: run by the C++ runtime; ONNX: "
+                        "by onnxruntime) or 'eager' (the PyTorch model of --preset/--checkpoint)")
+    p.add_argument("--annotations", "-a", type=Path, required=True, help="COCO-format annotation JSON")
+    p.add_argument("--images", "-i", type=Path, required=True, help="folder holding the annotation file's file_names")
+    p.add_argument("--output", "-o", type=Path, required=True, help="output directory")
+    p.add_argument("--compare", metavar="OTHER", default=None, help="a second model (directory or 'eager') to compare")
+    p.add_argument("--preset", default=None, help="preset of the 'eager' model")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint of the 'eager' model")
+    p.add_argument("--dtype", default="float32", help="compute dtype of the 'eager' model (default: float32)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="eager: where it runs (default cpu); model dirs: overrides model.json's device "
+                        "(ONNX: cuda selects onnxruntime's CUDAExecutionProvider)")
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images of the annotation file")
+    p.add_argument("--batch", type=int, default=1, help="images per detect() call (default: 1)")
+    p.add_argument("--match-iou", type=float, default=0.99, help="--compare: IoU of a matched pair (default: 0.99)")
+    p.add_argument("--match-min-score", type=float, default=0.0,
+                   help="--compare: match only detections scoring at least this (default: 0, all)")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from codetr import evaluate
+
+    if args.batch < 1:
+        raise evaluate.EvalError(f"--batch must be >= 1, got {args.batch}")
+    if not 0.0 < args.match_iou <= 1.0:
+        raise evaluate.EvalError(f"--match-iou must be in (0, 1], got {args.match_iou}")
+    dataset = evaluate.load_dataset(args.annotations, args.images, args.max_images)
+    options = dict(preset=args.preset, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = _show_warning
+        model = evaluate.open_model(args.model, **options)
+        other = evaluate.open_model(args.compare, **options) if args.compare else None
+    metrics = evaluate.evaluate(model, dataset, args.output, compare=other, batch=args.batch,
+                                iou_threshold=args.match_iou, min_score=args.match_min_score)
+    failed = any(metrics[k]["failed"] for k in ("model", "compare") if k in metrics)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codetr", description="Co-DETR (Co-DINO) tools")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_export_parser(subparsers)
+    _add_eval_parser(subparsers)
     return parser
 
 

@@ -12,7 +12,7 @@ export-friendly forward has no data-dependent raise.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -59,6 +59,27 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
 
 
+def match_detections(ref_boxes: torch.Tensor, ref_labels: torch.Tensor, out_boxes: torch.Tensor,
+                     out_labels: torch.Tensor, iou_threshold: float) -> List[Tuple[int, int]]:
+    """Greedy one-to-one matching of two detection lists: each reference detection in the given
+    order (pass them by descending score) takes the unused other detection of the same label with
+    the highest IoU, if that IoU >= ``iou_threshold``. Returns (reference index, other index) pairs."""
+    iou = box_iou(ref_boxes.double(), out_boxes.double())
+    candidates = (ref_labels[:, None] == out_labels[None, :]) & (iou >= iou_threshold)
+    iou = torch.where(candidates, iou, torch.full_like(iou, -1.0))
+    used = torch.zeros(out_boxes.shape[0], dtype=torch.bool)
+    matched = []
+    for r in range(ref_boxes.shape[0]):
+        if not used.numel():
+            break
+        row = iou[r].masked_fill(used, -1.0)
+        j = int(row.argmax())
+        if row[j] >= iou_threshold:
+            used[j] = True
+            matched.append((r, j))
+    return matched
+
+
 def compare_detections(ref: Sequence[torch.Tensor], out: Sequence[torch.Tensor], topk: int = 100,
                        iou_threshold: float = 0.9) -> Dict[str, object]:
     """Compare one model's outputs in reduced precision (``out``) with float32 (``ref``).
@@ -86,17 +107,7 @@ def compare_detections(ref: Sequence[torch.Tensor], out: Sequence[torch.Tensor],
         rb, rs, rl = rb_all[i].double(), rs_all[i].double(), rl_all[i]
         ob, os_, ol = ob_all[i].double(), os_all[i].double(), ol_all[i]
         k = min(topk, rb.shape[0])
-        iou = box_iou(rb[:k], ob[:k])
-        candidates = (rl[:k, None] == ol[None, :k]) & (iou >= iou_threshold)
-        iou = torch.where(candidates, iou, torch.full_like(iou, -1.0))
-        used = torch.zeros(k, dtype=torch.bool)
-        matched = []
-        for r in range(k):
-            row = iou[r].masked_fill(used, -1.0)
-            j = int(row.argmax())
-            if row[j] >= iou_threshold:
-                used[j] = True
-                matched.append((r, j))
+        matched = match_detections(rb[:k], rl[:k], ob[:k], ol[:k], iou_threshold)
         scale = float(rb[:k].abs().max().clamp(min=1e-12))
         box_err = max((float((rb[r] - ob[j]).abs().max()) / scale for r, j in matched), default=0.0)
         score_err = max((abs(float(rs[r] - os_[j])) for r, j in matched), default=0.0)
