@@ -17,12 +17,12 @@ if [ -n "$missing" ]; then
   fi
 fi
 
-echo "== pip install: codetr's Python dependencies, test extras and native build requirements"
+echo "== pip install: codetr's Python dependencies, test and eval extras and native build requirements"
 # The checkout's package is not pip-installed: tools/*.sh and the tests run it from python/
 # (PYTHONPATH), and codetr._lib finds the native files in build/ (python/codetr/_lib/__init__.py).
 # So the native code is built once, by tools/build.sh, and rebuilt incrementally. `pip install .`
 # is the user's install (README.md).
-python3 tools/requirements.py test | python3 -m pip install -q --disable-pip-version-check -r /dev/stdin
+python3 tools/requirements.py test eval | python3 -m pip install -q --disable-pip-version-check -r /dev/stdin
 
 echo "== build"
 # Explicit options: a reused build/ may hold other cached values.
