@@ -46,7 +46,8 @@ def test_unknown_preset_lists_valid_ones(tmp_path, capsys):
      "--min-height 640 is larger than --max-height 320"),
     (["--dynamic", "--min-height", "64", "--max-height", "320", "--min-width", "320", "--max-width", "800"],
      "--min-height 64 is below 96"),
-    (["--onnx-msda-op"], "--onnx-msda-op only applies to --format onnx"),
+    (["--onnx-msda", "trt-plugin"], "--onnx-msda only applies to --format onnx"),
+    (["--format", "onnx", "--onnx-msda", "trt-plugin", "--dtype", "bfloat16"], "takes float32 or float16"),
     (["--format", "onnx", "--opset", "15"], "GridSample needs opset >= 16"),
     (["--dynamic-batch", "--max-batch", "1"], "dynamic batch needs"),
 ])

@@ -7,7 +7,7 @@ import torch
 from codetr.export import ExportError, ExportOptions, export
 from codetr.models import build_model
 from codetr.onnx_engine import OnnxEngine
-from codetr.onnx_export import MSDA_DOMAIN, MSDA_OP_TYPE, onnx_op_counts
+from codetr.onnx_export import TRT_PLUGIN_DOMAIN, TRT_PLUGIN_OP_TYPE, onnx_op_counts
 from codetr.precision import box_iou
 from conftest import TINY_R50_WEIGHTS, TINY_SWIN_WEIGHTS
 
@@ -138,74 +138,159 @@ def test_dynamic_lsj_range_must_hold_the_fixed_pad_size(tmp_path):
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-def test_custom_msda_node(tmp_path, monkeypatch, dynamic):
-    """--onnx-msda-op: exactly one codetr::MultiScaleDeformableAttention per MSDA layer, no
-    GridSample, documented attributes; the spatial shapes are computed in-graph."""
+def test_trt_plugin_nodes(tmp_path, dynamic):
+    """--onnx-msda trt-plugin: one MultiscaleDeformableAttnPlugin_TRT node per MSDA layer with the
+    I/O TensorRT's plugin declares (int32 level tensors, float locations/weights in value's dtype,
+    ranks 4/2/1/6/5, a 4-D output reshaped to (N, Lq, M*D)), no GridSample. TensorRT itself cannot
+    run here: the same file with every plugin node replaced by an independent GridSample
+    formulation of the plugin's contract (_gridsample_fallback) runs in onnxruntime and equals
+    eager PyTorch, which checks what the nodes receive, including the in-graph level sizes."""
     size = dict(dynamic=True, min_height=96, max_height=256, min_width=96, max_width=256) if dynamic else \
         dict(height=128, width=160)
     log = []
-    result = _export(tmp_path, log, preset="tiny_r50", checkpoint=TINY_R50_WEIGHTS, onnx_msda_op=True,
+    result = _export(tmp_path, log, preset="tiny_r50", checkpoint=TINY_R50_WEIGHTS, onnx_msda="trt-plugin",
                      onnx_optimize=False, **size)
     path = tmp_path / "model.onnx"
     onnx.checker.check_model(str(path))
     proto = onnx.load(str(path))
-    assert {o.domain: o.version for o in proto.opset_import}[MSDA_DOMAIN] == 1
-    custom = [n for n in proto.graph.node if n.domain == MSDA_DOMAIN]
-    assert len(custom) == 4  # 2 encoder layers + 2 decoder cross-attention layers
-    assert all(n.op_type == MSDA_OP_TYPE for n in custom)
+    plugins = _check_plugin_nodes(proto, onnx.TensorProto.FLOAT)
     counts = onnx_op_counts(path)
-    assert counts.get("GridSample", 0) == 0 and counts[f"{MSDA_DOMAIN}::{MSDA_OP_TYPE}"] == 4
+    assert counts.get("GridSample", 0) == 0 and counts[f"{TRT_PLUGIN_DOMAIN}::{TRT_PLUGIN_OP_TYPE}"] == 4
     assert result["op_counts"] == counts
-    for node in custom:
-        assert len(node.input) == 5 and len(node.output) == 1
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        expected = {"num_heads": 4, "num_levels": 5, "num_points": 4, "head_dim": 16}
-        if not dynamic:
-            expected["static_spatial_shapes"] = [32, 40, 16, 20, 8, 10, 4, 5, 2, 3]
-        assert attrs == expected
-    _check_node_inputs(proto, custom, monkeypatch)
+    assert any(f"4 {TRT_PLUGIN_OP_TYPE}" in line for line in log)
 
-
-def _check_node_inputs(proto, nodes, monkeypatch):
-    """Run the subgraph in front of the FIRST custom node with onnxruntime (it depends on no custom
-    node) and compare its five inputs with what eager PyTorch passes to codetr::ms_deform_attn in
-    the same layer: the node receives exactly the op's operands (+ level sizes / starts in-graph).
-    The level tensors of every node are checked too."""
     import onnxruntime as ort
 
-    from codetr import ops
-
-    recorded = []
-    op = ops.ms_deform_attn
-
-    def recording(value, spatial_shapes, locations, weights):
-        recorded.append((value, [list(hw) for hw in spatial_shapes], locations, weights))
-        return op(value, spatial_shapes, locations, weights)
-
-    monkeypatch.setattr(ops, "ms_deform_attn", recording)
+    fallback = _gridsample_fallback(proto, extra_outputs=list(plugins[0].input[1:3]))
+    session = ort.InferenceSession(fallback.SerializeToString(), providers=["CPUExecutionProvider"])
+    model = build_model("tiny_r50", checkpoint=TINY_R50_WEIGHTS, msda_impl="pytorch")
     images, masks = _golden_inputs(TINY_R50_WEIGHTS)
-    images, masks = images[1:], masks[1:]  # 128 x 160 input, valid 96 x 128
-    build_model("tiny_r50", checkpoint=TINY_R50_WEIGHTS, msda_impl="op")(images, masks)
-    value, shapes, locations, weights = recorded[0]
+    images, masks = images[1:], masks[1:]  # 128 x 160, valid 96 x 128
+    inputs = [(images, masks)]
+    if dynamic:
+        gen = torch.Generator().manual_seed(1)
+        other_masks = torch.zeros(1, 96, 224, dtype=torch.bool)
+        other_masks[0, :, 200:] = True
+        inputs.append((torch.randn(1, 3, 96, 224, generator=gen).masked_fill(other_masks[:, None], 0), other_masks))
+    for images, masks in inputs:
+        boxes, scores, labels, shapes, starts = session.run(
+            None, {"images": images.numpy(), "masks": masks.numpy()})
+        _assert_matches_eager([torch.from_numpy(o) for o in (boxes, scores, labels)], model(images, masks))
+        h, w = images.shape[2:]
+        want = [[-(-h // s), -(-w // s)] for s in (4, 8, 16, 32, 64)]  # stride-s levels, rounded up
+        assert shapes.tolist() == want
+        assert starts.tolist() == torch.tensor([0] + [a * b for a, b in want]).cumsum(0)[:-1].tolist()
 
-    first = nodes[0]
-    outputs = sorted(set(first.input) | {name for n in nodes for name in n.input[1:3]})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    int64_names = {name for n in nodes for name in n.input[1:3]}
-    probe.graph.value_info.extend(onnx.helper.make_tensor_value_info(
-        name, onnx.TensorProto.INT64 if name in int64_names else onnx.TensorProto.FLOAT, None) for name in outputs)
-    sub = onnx.utils.Extractor(probe).extract_model([i.name for i in proto.graph.input], outputs)
-    assert not any(n.domain == MSDA_DOMAIN for n in sub.graph.node)
-    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = dict(zip(outputs, session.run(outputs, {"images": images.numpy(), "masks": masks.numpy()})))
-    starts = torch.tensor([0] + [h * w for h, w in shapes]).cumsum(0)[:-1].tolist()
+
+def test_trt_plugin_float16_io(tmp_path):
+    """A float16 export feeds the plugin float16 value, locations and weights (the plugin takes
+    one float type for the three) and int32 level tensors."""
+    _export(tmp_path, [], preset="tiny_r50", checkpoint=TINY_R50_WEIGHTS, onnx_msda="trt-plugin", dtype="float16",
+            height=128, width=160, onnx_optimize=False)
+    _check_plugin_nodes(onnx.load(str(tmp_path / "model.onnx")), onnx.TensorProto.FLOAT16)
+
+
+def _check_plugin_nodes(proto, float_type):
+    """The plugin nodes' structure (domain, op, attributes, input/output dtypes and ranks)."""
+    assert {o.domain: o.version for o in proto.opset_import}[TRT_PLUGIN_DOMAIN] == 1
+    nodes = [n for n in proto.graph.node if n.op_type == TRT_PLUGIN_OP_TYPE]
+    assert len(nodes) == 4  # 2 encoder layers + 2 decoder cross-attention layers
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    types = {v.name: v.type.tensor_type for v in list(inferred.value_info) + list(inferred.input)}
+    consumers = {name: n for n in proto.graph.node for name in n.input}
     for node in nodes:
-        assert got[node.input[1]].tolist() == shapes == [[32, 40], [16, 20], [8, 10], [4, 5], [2, 3]]
-        assert got[node.input[2]].tolist() == starts == [0, 1280, 1600, 1680, 1700]
-    for name, want in zip([first.input[0], first.input[3], first.input[4]], [value, locations, weights]):
-        assert tuple(got[name].shape) == tuple(want.shape), name
-        assert _rel_err(torch.from_numpy(got[name]), want) <= 1e-5, name
+        assert node.domain == TRT_PLUGIN_DOMAIN and len(node.input) == 5 and len(node.output) == 1
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs == {"plugin_version": b"2"}
+        got = [(types[i].elem_type, len(types[i].shape.dim)) for i in node.input]
+        assert got == [(float_type, 4), (onnx.TensorProto.INT32, 2), (onnx.TensorProto.INT32, 1),
+                       (float_type, 6), (float_type, 5)]
+        value, shapes, starts, locations, weights = (
+            [d.dim_value or d.dim_param for d in types[i].shape.dim] for i in node.input)
+        # (N, S, M=4, D=16), (L=5, 2), (L,), (N, Lq, M, L, P=4, 2), (N, Lq, M, L, P)
+        assert value[2:] == [4, 16] and shapes == [5, 2] and starts == [5]
+        assert locations[2:] == [4, 5, 4, 2] and weights[2:] == [4, 5, 4]
+        if isinstance(locations[1], int):  # (dynamic Lq: equal expressions, not always equal strings)
+            assert locations[1] == weights[1]
+        reshape = consumers[node.output[0]]
+        assert reshape.op_type == "Reshape"
+    return nodes
+
+
+def _gridsample_fallback(proto, extra_outputs=()):
+    """A copy of ``proto`` with every plugin node replaced by standard ops computing the plugin's
+    documented function from its five inputs: per level l, value[:, start_l : start_l + h_l*w_l]
+    as (N*M, D, h_l, w_l) images, bilinearly sampled (zeros outside, align_corners 0) at
+    2 * location - 1, weighted by attention_weights and summed over levels and points -> (N, Lq, M, D).
+    Written here from that contract alone (not from codetr.ops). Float32 graphs only."""
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.value_info}
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    consts = []
+
+    def const(name, values, dtype=np.int64):
+        consts.append(numpy_helper.from_array(np.array(values, dtype=dtype), name))
+        return name
+
+    for k, node in enumerate(proto.graph.node):
+        if node.op_type != TRT_PLUGIN_OP_TYPE:
+            out.graph.node.append(node)
+            continue
+        value, shapes, starts, locations, weights = node.input
+        _, _, heads, dim = dims[value]
+        levels, points = dims[locations][3], dims[locations][4]
+        p = f"fallback{k}_"
+        new = [helper.make_node("Cast", [shapes], [p + "hw"], to=TensorProto.INT64),
+               helper.make_node("Cast", [starts], [p + "st"], to=TensorProto.INT64)]
+        sampled = []
+        for lvl in range(levels):
+            q = f"{p}l{lvl}_"
+            new += [
+                helper.make_node("Gather", [p + "hw", const(q + "i", [lvl])], [q + "hw2"], axis=0),
+                helper.make_node("Reshape", [q + "hw2", const(q + "two", [2])], [q + "hw"]),
+                helper.make_node("Gather", [p + "st", const(q + "i1", [lvl])], [q + "start"]),
+                helper.make_node("ReduceProd", [q + "hw"], [q + "area"], keepdims=1),
+                helper.make_node("Add", [q + "start", q + "area"], [q + "end"]),
+                helper.make_node("Slice", [value, q + "start", q + "end", const(q + "ax", [1])], [q + "v"]),
+                helper.make_node("Transpose", [q + "v"], [q + "vt"], perm=[0, 2, 3, 1]),
+                helper.make_node("Concat", [const(q + "nd", [-1, dim]), q + "hw"], [q + "vshape"], axis=0),
+                helper.make_node("Reshape", [q + "vt", q + "vshape"], [q + "img"]),
+                helper.make_node("Gather", [locations, const(q + "is", lvl)], [q + "loc"], axis=3),
+                helper.make_node("Mul", [q + "loc", const(q + "two_f", 2.0, np.float32)], [q + "loc2"]),
+                helper.make_node("Sub", [q + "loc2", const(q + "one_f", 1.0, np.float32)], [q + "grid0"]),
+                helper.make_node("Transpose", [q + "grid0"], [q + "gridt"], perm=[0, 2, 1, 3, 4]),
+                helper.make_node("Shape", [q + "gridt"], [q + "gtail"], start=2),
+                helper.make_node("Concat", [const(q + "m1", [-1]), q + "gtail"], [q + "gshape"], axis=0),
+                helper.make_node("Reshape", [q + "gridt", q + "gshape"], [q + "grid"]),
+                helper.make_node("GridSample", [q + "img", q + "grid"], [q + "s"], mode="bilinear",
+                                 padding_mode="zeros", align_corners=0),
+            ]
+            sampled.append(q + "s")  # (N*M, D, Lq, P)
+        new += [
+            helper.make_node("Concat", sampled, [p + "cat"], axis=3),  # (N*M, D, Lq, L*P)
+            helper.make_node("Transpose", [weights], [p + "wt"], perm=[0, 2, 1, 3, 4]),
+            helper.make_node("Shape", [p + "wt"], [p + "lq"], start=2, end=3),
+            helper.make_node("Concat", [const(p + "m11", [-1, 1]), p + "lq", const(p + "lp", [levels * points])],
+                             [p + "wshape"], axis=0),
+            helper.make_node("Reshape", [p + "wt", p + "wshape"], [p + "w"]),  # (N*M, 1, Lq, L*P)
+            helper.make_node("Mul", [p + "cat", p + "w"], [p + "prod"]),
+            helper.make_node("ReduceSum", [p + "prod", const(p + "last", [-1])], [p + "sum"], keepdims=0),
+            helper.make_node("Reshape", [p + "sum", const(p + "nmd", [-1, heads * dim, 0])], [p + "nmdq"]),
+            helper.make_node("Transpose", [p + "nmdq"], [p + "nqmd"], perm=[0, 2, 1]),
+            helper.make_node("Reshape", [p + "nqmd", const(p + "4d", [0, 0, heads, dim])], [node.output[0]]),
+        ]
+        out.graph.node.extend(new)
+    out.graph.initializer.extend(consts)
+    out.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.INT32, None) for name in extra_outputs)
+    kept = [o for o in out.opset_import if o.domain != TRT_PLUGIN_DOMAIN]
+    del out.opset_import[:]
+    out.opset_import.extend(kept)
+    return out
 
 
 def test_float16_file_runs_in_onnxruntime(tmp_path):

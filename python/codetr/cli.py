@@ -12,7 +12,7 @@ from typing import List, Optional
 
 
 def _add_export_parser(subparsers) -> None:
-    from codetr.export import DEFAULT_OPSET, DTYPES, FORMATS
+    from codetr.export import DEFAULT_OPSET, DTYPES, FORMATS, ONNX_MSDA
     from codetr.presets import PRESETS
 
     p = subparsers.add_parser(
@@ -41,9 +41,9 @@ def _add_export_parser(subparsers) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch in [--min-batch, --max-batch]")
     p.add_argument("--min-batch", type=int, default=1, help="(default: 1)")
     p.add_argument("--max-batch", type=int, default=None)
-    p.add_argument("--onnx-msda-op", action="store_true",
-                   help="ONNX only: one codetr::MultiScaleDeformableAttention node per MSDA "
-                        "(TensorRT plugin path) instead of the plugin-free GridSample lowering")
+    p.add_argument("--onnx-msda", choices=ONNX_MSDA, default="gridsample",
+                   help="ONNX only: MSDA as standard ops around GridSample (default, any runtime) or as "
+                        "TensorRT's built-in MultiscaleDeformableAttnPlugin_TRT nodes (TensorRT only)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 16 (default: {DEFAULT_OPSET})")
     p.add_argument("--no-onnx-optimize", dest="onnx_optimize", action="store_false",
                    help="ONNX only: skip the onnxscript graph optimizer (faster export, more nodes)")
@@ -58,7 +58,7 @@ def _run_export(args: argparse.Namespace) -> int:
         dtype=args.dtype, height=args.height, width=args.width, batch=args.batch, dynamic=args.dynamic,
         min_height=args.min_height, max_height=args.max_height, min_width=args.min_width,
         max_width=args.max_width, dynamic_batch=args.dynamic_batch, min_batch=args.min_batch,
-        max_batch=args.max_batch, format=args.format, onnx_msda_op=args.onnx_msda_op, opset=args.opset,
+        max_batch=args.max_batch, format=args.format, onnx_msda=args.onnx_msda, opset=args.opset,
         onnx_optimize=args.onnx_optimize)
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)

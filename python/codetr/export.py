@@ -43,6 +43,7 @@ from codetr.modeljson import io_spec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FORMATS = ("aoti", "onnx")
+ONNX_MSDA = ("gridsample", "trt-plugin")  # how an ONNX export writes MSDA (codetr.onnx_export)
 DEFAULT_OPSET = 18
 # Engine H/W granularity: the backbone downsamples by 32.
 SIZE_MULTIPLE = 32
@@ -71,7 +72,7 @@ class ExportOptions:
     min_batch: int = 1
     max_batch: Optional[int] = None
     format: str = "aoti"
-    onnx_msda_op: bool = False
+    onnx_msda: str = "gridsample"  # one of ONNX_MSDA
     opset: int = DEFAULT_OPSET
     onnx_optimize: bool = True  # onnxscript graph optimizer (constant folding, fusions); slow on big graphs
 
@@ -88,8 +89,13 @@ class ExportOptions:
             raise ExportError("--device cuda requested but no CUDA GPU is available to this torch "
                               f"(torch {torch.__version__}, cuda build {torch.version.cuda}); "
                               "export with --device cpu or run on a GPU machine")
-        if self.onnx_msda_op and self.format != "onnx":
-            raise ExportError("--onnx-msda-op only applies to --format onnx")
+        if self.onnx_msda not in ONNX_MSDA:
+            raise ExportError(f"unknown --onnx-msda {self.onnx_msda!r}; choose one of {list(ONNX_MSDA)}")
+        if self.onnx_msda != "gridsample" and self.format != "onnx":
+            raise ExportError("--onnx-msda only applies to --format onnx")
+        if self.onnx_msda == "trt-plugin" and self.dtype == "bfloat16":
+            raise ExportError("--onnx-msda trt-plugin: TensorRT's MultiscaleDeformableAttnPlugin_TRT takes float32 "
+                              "or float16; export --dtype float16 or use the default --onnx-msda gridsample")
         if self.batch < 1:
             raise ExportError(f"--batch must be >= 1, got {self.batch}")
         if self.dynamic:

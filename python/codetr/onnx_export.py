@@ -1,27 +1,33 @@
 """`codetr export --format onnx`: Co-DINO as an ONNX file (torch.onnx dynamo exporter).
 
-Two ways to write multi-scale deformable attention (MSDA):
+Two ways to write multi-scale deformable attention (MSDA), ``--onnx-msda``:
 
-* default, plugin-free: MSDA is traced through :func:`codetr.ops.ms_deform_attn_pytorch`, i.e.
-  standard ONNX ops around ``GridSample`` (bilinear, padding_mode "zeros", align_corners 0;
-  opset >= 16). Any ONNX runtime runs it (onnxruntime, TensorRT's parser, DeepStream).
-* ``--onnx-msda-op``: every MSDA call becomes ONE node ``codetr::MultiScaleDeformableAttention``
-  (domain "codetr", version 1) for a TensorRT plugin (same I/O layout as TensorRT's
-  MultiscaleDeformableAttnPlugin_TRT):
+* ``gridsample`` (default, plugin-free): MSDA is traced through
+  :func:`codetr.ops.ms_deform_attn_pytorch`, i.e. standard ONNX ops around ``GridSample``
+  (bilinear, padding_mode "zeros", align_corners 0; opset >= 16). Any ONNX runtime runs it.
+* ``trt-plugin``: every MSDA call becomes ONE node for TensorRT's built-in plugin
+  ``MultiscaleDeformableAttnPlugin_TRT`` (TensorRT OSS plugin/multiscaleDeformableAttnPlugin),
+  so TensorRT runs MSDA as one kernel and never sees the GridSample decomposition (which
+  TensorRT 10.14 / 11.1 are reported to miscompile, NVIDIA/TensorRT#4813). The node, as the
+  plugin's README and its supportsFormatCombination / getOutputShapes define the I/O:
 
-    inputs   value              (B, S, H, D)      float (model dtype)
-             spatial_shapes     (L, 2) int64      (h_l, w_l) per level; computed from the input
-                                                  shape inside the graph, so dynamic H/W work
-             level_start_index  (L,)   int64      exclusive cumsum of h_l * w_l
-             sampling_locations (B, Q, H, L, P, 2) float32, normalised (x, y); the pixel sampled
-                                                  is loc * (w_l, h_l) - 0.5 (align_corners=0)
-             attention_weights  (B, Q, H, L, P)   float32, softmax-normalised over L*P
-    output   output             (B, Q, H * D)     value's dtype
-    attributes num_heads (H), num_levels (L), num_points (P), head_dim (D) (all int), and
-             static_spatial_shapes (ints, [h0, w0, h1, w1, ...]) when the export is static in H
-             and W (absent for dynamic H/W: read the spatial_shapes input then).
-    Semantics: bilinear sampling with zeros outside each level's map, weighted sum over L*P
-    (mmcv multi_scale_deformable_attn). ONNX runtimes without the plugin cannot run this file.
+    domain "trt.plugins" (TensorRT's ONNX parser matches a plugin by op_type and the
+    plugin_version / plugin_namespace attributes only; the domain is for onnx's checker),
+    op_type MultiscaleDeformableAttnPlugin_TRT, attribute plugin_version "2" (IPluginV3, TensorRT
+    >= 10.11; version "1" has the same I/O and is deprecated), no other attributes.
+    inputs   value              (N, S, M, D)        float32 or float16 (T)
+             spatial_shapes     (L, 2) int32        (h_l, w_l), computed in-graph from the input size
+             level_start_index  (L,)   int32        exclusive cumsum of h_l * w_l
+             sampling_locations (N, Lq, M, L, P, 2) T   normalised (x, y), pixel = loc * size - 0.5
+             attention_weights  (N, Lq, M, L, P)    T
+    output   (N, Lq, M, D) T, followed in the graph by a Reshape to (N, Lq, M * D).
+    The plugin wants the locations and weights in value's dtype: a float16 export rounds them
+    to float16 in front of the node (the codetr op keeps them float32).
+
+  Nothing but TensorRT with that plugin can run this file; onnxruntime cannot.
+
+(A third variant, one node ``codetr::MultiScaleDeformableAttention`` for a plugin of our own, was
+dropped: no such plugin was ever written, and TensorRT's own plugin computes the same function.)
 """
 from __future__ import annotations
 
@@ -36,63 +42,56 @@ from torch import nn
 from codetr.export import (EngineModule, ExportError, ExportOptions, Progress, _use_msda_op,
                            dynamic_shapes_spec, program_outputs)
 
-MSDA_DOMAIN = "codetr"
-MSDA_OP_TYPE = "MultiScaleDeformableAttention"
+TRT_PLUGIN_DOMAIN = "trt.plugins"
+TRT_PLUGIN_OP_TYPE = "MultiscaleDeformableAttnPlugin_TRT"
+TRT_PLUGIN_VERSION = "2"
 MIN_OPSET = 16  # GridSample
 
 
-def _register_msda_schema() -> None:
-    """Declare the custom node to onnx (onnxscript builds nodes only for declared ops)."""
+def _register_trt_plugin_schema() -> None:
+    """Declare the plugin node to onnx (onnxscript builds nodes only for declared ops)."""
     import onnx
     from onnx.defs import OpSchema
 
-    if onnx.defs.has(MSDA_OP_TYPE, MSDA_DOMAIN):
+    if onnx.defs.has(TRT_PLUGIN_OP_TYPE, TRT_PLUGIN_DOMAIN):
         return
-    float_types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
     param = OpSchema.FormalParameter
-    attr = OpSchema.Attribute
     schema = OpSchema(
-        MSDA_OP_TYPE, MSDA_DOMAIN, 1,
-        doc="Multi-scale deformable attention (see codetr.onnx_export for the contract).",
-        inputs=[param("value", "T"), param("spatial_shapes", "tensor(int64)"),
-                param("level_start_index", "tensor(int64)"), param("sampling_locations", "TL"),
-                param("attention_weights", "TL")],
+        TRT_PLUGIN_OP_TYPE, TRT_PLUGIN_DOMAIN, 1,
+        doc="TensorRT's multi-scale deformable attention plugin (see codetr.onnx_export).",
+        inputs=[param("value", "T"), param("spatial_shapes", "tensor(int32)"),
+                param("level_start_index", "tensor(int32)"), param("sampling_locations", "T"),
+                param("attention_weights", "T")],
         outputs=[param("output", "T")],
-        type_constraints=[("T", float_types, "value / output dtype"),
-                          ("TL", float_types, "sampling locations / attention weights dtype")],
-        attributes=[attr("num_heads", OpSchema.AttrType.INT, "attention heads H"),
-                    attr("num_levels", OpSchema.AttrType.INT, "feature levels L"),
-                    attr("num_points", OpSchema.AttrType.INT, "sampling points per level P"),
-                    attr("head_dim", OpSchema.AttrType.INT, "channels per head D"),
-                    attr("static_spatial_shapes", OpSchema.AttrType.INTS,
-                         "static (h, w) per level, flattened; only in static exports", required=False)],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "the plugin's float types")],
+        attributes=[OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version",
+                                       required=False),
+                    OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace",
+                                       required=False)],
     )
     onnx.defs.register_schema(schema)
 
 
-def _msda_translation():
-    """onnxscript translation of torch.ops.codetr.ms_deform_attn -> one codetr node."""
+def _trt_plugin_translation():
+    """onnxscript translation of torch.ops.codetr.ms_deform_attn -> the TensorRT plugin node."""
     import onnxscript
     from onnxscript import opset18 as op
 
-    _register_msda_schema()
-    codetr_opset = onnxscript.values.Opset(MSDA_DOMAIN, 1)
+    _register_trt_plugin_schema()
+    trt = onnxscript.values.Opset(TRT_PLUGIN_DOMAIN, 1)
 
     def translate(value, spatial_shapes, sampling_locations, attention_weights):
         # spatial_shapes: python ints (static dims) or 0-d int64 tensors (dynamic dims).
         parts = [op.Constant(value_ints=[s]) if isinstance(s, int) else op.Reshape(s, op.Constant(value_ints=[1]))
                  for s in spatial_shapes]
-        flat = op.Concat(*parts, axis=0)
-        shapes = op.Reshape(flat, op.Constant(value_ints=[-1, 2]))
-        areas = op.ReduceProd(shapes, op.Constant(value_ints=[1]), keepdims=0)
-        starts = op.CumSum(areas, op.Constant(value_int=0), exclusive=1)
-        _, _, heads, levels, points, _ = sampling_locations.shape
-        attrs = dict(num_heads=int(heads), num_levels=int(levels), num_points=int(points),
-                     head_dim=int(value.shape[3]))
-        if all(isinstance(s, int) for s in spatial_shapes):
-            attrs["static_spatial_shapes"] = [int(s) for s in spatial_shapes]
-        return codetr_opset.MultiScaleDeformableAttention(value, shapes, starts, sampling_locations,
-                                                          attention_weights, **attrs)
+        shapes = op.Reshape(op.Concat(*parts, axis=0), op.Constant(value_ints=[-1, 2]))
+        starts = op.CumSum(op.ReduceProd(shapes, op.Constant(value_ints=[1]), keepdims=0),
+                           op.Constant(value_int=0), exclusive=1)
+        out = trt.MultiscaleDeformableAttnPlugin_TRT(
+            value, op.Cast(shapes, to=onnxscript.INT32.dtype), op.Cast(starts, to=onnxscript.INT32.dtype),
+            op.CastLike(sampling_locations, value), op.CastLike(attention_weights, value),
+            plugin_version=TRT_PLUGIN_VERSION)
+        return op.Reshape(out, op.Constant(value_ints=[0, 0, -1]))  # (N, Lq, M, D) -> (N, Lq, M * D)
 
     return {torch.ops.codetr.ms_deform_attn.default: translate}
 
@@ -143,9 +142,9 @@ def export_onnx(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, pr
         raise ExportError(f"--opset {opts.opset} is too old: GridSample needs opset >= {MIN_OPSET}")
     from codetr.models import set_cuda_fusions
     set_cuda_fusions(model, False)  # their ops (window attention, GEMM-epilogue ReLU) are not ONNX
-    if opts.onnx_msda_op:
+    if opts.onnx_msda == "trt-plugin":
         _use_msda_op(model)
-        table = _msda_translation()
+        table = _trt_plugin_translation()
     else:
         from codetr.nn import set_msda_impl
         set_msda_impl(model, "pytorch")
@@ -174,9 +173,9 @@ def export_onnx(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, pr
     op_counts = _op_counts(proto)
     node_count = sum(op_counts.values())
     size = path.stat().st_size
+    plugin = f"{TRT_PLUGIN_DOMAIN}::{TRT_PLUGIN_OP_TYPE}"
     progress.log(f"[codetr export] ONNX: {node_count} nodes ({op_counts.get('GridSample', 0)} GridSample, "
-                 f"{op_counts.get(f'{MSDA_DOMAIN}::{MSDA_OP_TYPE}', 0)} {MSDA_DOMAIN}::{MSDA_OP_TYPE}), "
-                 f"{size / 2**20:.2f} MiB, opset {opts.opset}")
+                 f"{op_counts.get(plugin, 0)} {TRT_PLUGIN_OP_TYPE}), {size / 2**20:.2f} MiB, opset {opts.opset}")
     return path, outputs, {"node_count": node_count, "op_counts": dict(op_counts)}
 
 
