@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from codetr.models import build_model
 from codetr.postprocess import postprocess
+from codetr.precision import box_iou
 from codetr.preprocess import preprocess
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
@@ -40,17 +41,6 @@ def _reference(name):
         return load_file(paths[0]), json.load(f)
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU (len(a), len(b)) of xyxy boxes in float64."""
-    a, b = a.double(), b.double()
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
-
-
 def _match(got, ref_boxes, ref_scores, ref_labels, where):
     """Assert the detections above SCORE_THR pair up one-to-one within the bar."""
     keep_ref = ref_scores > SCORE_THR
@@ -59,7 +49,7 @@ def _match(got, ref_boxes, ref_scores, ref_labels, where):
         f"{where}: {int(keep_got.sum())} detections above {SCORE_THR}, mmdet has {int(keep_ref.sum())}"
     rb, rs, rl = ref_boxes[keep_ref], ref_scores[keep_ref], ref_labels[keep_ref]
     gb, gs, gl = got["bboxes"][keep_got], got["scores"][keep_got], got["labels"][keep_got]
-    iou = _iou(rb, gb)
+    iou = box_iou(rb.double(), gb.double())
     ok = (rl[:, None] == gl[None, :]) & ((rs[:, None].double() - gs[None, :].double()).abs() <= MAX_SCORE_DIFF)
     iou = torch.where(ok, iou, torch.full_like(iou, -1.0))
     used = torch.zeros(len(gs), dtype=torch.bool)
