@@ -9,12 +9,13 @@
   relative-position index, so ours is checked too. torchvision has no per-stage norms: its stage
   outputs go through our norm{i} modules for the comparison.
 """
+import pytest
 import torch
 import torchvision
 from torchvision.models.swin_transformer import SwinTransformer as TVSwin
 
 from codetr.models.channel_mapper import ChannelMapper
-from codetr.models.resnet import ResNet
+from codetr.models.resnet import ResNet, max_pool_3x3_s2
 from codetr.models.swin import SwinTransformer
 
 
@@ -68,6 +69,12 @@ def _tv_to_ours(tv_state, embed, depths):
             out[f"stages.{i}.downsample.norm.weight"] = tv_state[f"{src}norm.weight"][perm]
             out[f"stages.{i}.downsample.norm.bias"] = tv_state[f"{src}norm.bias"][perm]
     return out
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (2, 3), (7, 8), (9, 10), (33, 64), (100, 201)])
+def test_stem_max_pool_equals_max_pool2d_at_every_parity(height, width):
+    x = torch.randn(2, 5, height, width, dtype=torch.float64)
+    assert torch.equal(max_pool_3x3_s2(x), torch.nn.functional.max_pool2d(x, 3, stride=2, padding=1))
 
 
 @torch.no_grad()

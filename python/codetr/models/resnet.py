@@ -9,6 +9,7 @@ from typing import List, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 # blocks per stage for the Bottleneck depths mmdet supports
 RESNET_STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -37,6 +38,30 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
+    """``nn.MaxPool2d(3, stride=2, padding=1)``, the same values bit for bit (a max of the same
+    elements), written with pads, even/odd splits and slices.
+
+    MaxPool2d's shape function branches on the parity of its input size, so a size-dynamic
+    ``torch.export`` would fix every engine to the parity of its example input. Here each side is
+    padded (with -inf) to exactly 2 * out + 2 and split into its even and odd elements (out + 1
+    each): the window of output i is even[i], odd[i], even[i + 1]."""
+    for dim in (-1, -2):
+        size = x.shape[dim]
+        out = (size - 1) // 2 + 1
+        pad = [0, 0, 0, 0]
+        pad[0 if dim == -1 else 2] = 1
+        pad[1 if dim == -1 else 3] = 2 * out + 1 - size
+        padded = F.pad(x, pad, value=float("-inf"))
+        if dim == -1:
+            even, odd = padded[..., 0::2], padded[..., 1::2]
+            x = torch.maximum(torch.maximum(even[..., :out], odd[..., :out]), even[..., 1:])
+        else:
+            even, odd = padded[..., 0::2, :], padded[..., 1::2, :]
+            x = torch.maximum(torch.maximum(even[..., :out, :], odd[..., :out, :]), even[..., 1:, :])
+    return x
+
+
 class ResNet(nn.Module):
     """Bottleneck ResNet; returns the outputs of the stages in ``out_indices`` (strides 4..32)."""
 
@@ -50,7 +75,6 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_channels = stem_channels
         self.out_channels: List[int] = []
         self.res_layers: List[str] = []
@@ -70,7 +94,7 @@ class ResNet(nn.Module):
             in_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = max_pool_3x3_s2(self.relu(self.bn1(self.conv1(x))))
         outs = []
         for i, name in enumerate(self.res_layers):
             x = getattr(self, name)(x)
