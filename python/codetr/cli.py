@@ -1,4 +1,4 @@
-"""`codetr` console script (also `python -m codetr`). Subcommands: export, eval.
+"""`codetr` console script (also `python -m codetr`). Subcommands: export, eval, serve, batch.
 
 Exit codes: 0 success, 2 bad request (the message says what to change), 1 unexpected failure.
 """
@@ -127,11 +127,83 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve an exported model over HTTP on Ray Serve (needs the 'serve' extra)",
+        description="Ray Serve application: POST an image to / -> JSON detections (codetr-detect's "
+                    "per-image record); GET /health, GET /metrics. See docs/serving.md.")
+    p.add_argument("--model", required=True, help="directory written by `codetr export`")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--replicas", type=int, default=None, help="replicas (default 1, or the cluster's GPUs "
+                       "with --gpus-per-replica)")
+    group.add_argument("--gpus-per-replica", type=float, default=None,
+                       help="GPUs per replica (fractions share a GPU); replicas = cluster GPUs / this")
+    p.add_argument("--max-batch", type=int, default=None, help="images per engine call (default: the engine's)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a batch (default 10)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: model.json's")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto; default: start a local one)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import ray
+
+    from codetr.serve import run_server
+
+    if not (Path(args.model) / "model.json").is_file():
+        raise ValueError(f"--model {args.model}: no model.json (a directory written by `codetr export`)")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1 (got {args.max_batch})")
+    replicas, gpus = args.replicas or 1, 0.0
+    if args.gpus_per_replica is not None:
+        if args.gpus_per_replica <= 0:
+            raise ValueError(f"--gpus-per-replica must be > 0 (got {args.gpus_per_replica})")
+        ray.init(address=args.address)
+        total = ray.cluster_resources().get("GPU", 0)
+        replicas, gpus = max(1, int(total // args.gpus_per_replica)), args.gpus_per_replica
+    run_server(args.model, host=args.host, port=args.port, address=args.address, replicas=replicas,
+               gpus_per_replica=gpus, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+               device=args.device)
+    return 0
+
+
+def _add_batch_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "batch", help="detect over many images on Ray Data into JSON Lines shards (resumable)",
+        description="Offline detection on Ray Data: CPU decode tasks, engine actors (one per GPU, or CPU "
+                    "actors), JSON Lines shards in OUT with codetr-detect's per-image records. A rerun "
+                    "skips the images already in OUT.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image folders (sorted, not recursive), image "
+                   "files, or .txt/.lst files listing one image path a line")
+    p.add_argument("--model", required=True, help="directory written by `codetr export`")
+    p.add_argument("--output", "-o", required=True, help="output folder for the *.jsonl shards")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: model.json's")
+    p.add_argument("--actors", type=int, default=None, help="engine actors (default: one per GPU, or 1 on CPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per engine call (default: the engine's)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto; default: start a local one)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(run=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from codetr.batch import run_batch
+
+    s = run_batch(args.model, args.inputs, args.output, device=args.device, actors=args.actors,
+                  batch_size=args.batch_size, address=args.address, progress=args.progress)
+    print(f"[codetr batch] {s['images']} images ({s['failed']} failed) in {s['seconds']:.1f} s "
+          f"({s['images_per_s']:.2f} images/s); {s['skipped']} already done; shard: {s['shard']}")
+    return 1 if s["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codetr", description="Co-DETR (Co-DINO) tools")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_export_parser(subparsers)
     _add_eval_parser(subparsers)
+    _add_serve_parser(subparsers)
+    _add_batch_parser(subparsers)
     return parser
 
 
@@ -141,12 +213,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     import os
 
     from codetr.checkpoint import CheckpointError
+    from codetr.batch import BatchError
     from codetr.export import ExportError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ExportError, CheckpointError, OSError, ValueError) as exc:
+    except (ExportError, CheckpointError, BatchError, OSError, ValueError) as exc:
         print(f"codetr {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,175 @@
+"""``codetr batch``: offline detection over many images on Ray Data.
+
+Images (folders, sorted and not recursive as codetr-detect reads them, or list files with one path a
+line) are decoded on CPU tasks and detected by engine actors: one per GPU on a GPU cluster, CPU
+actors otherwise; Ray places both on any number of nodes. Results are JSON Lines shards in OUT, one
+record per image with exactly codetr-detect's schema (``codetr.result_record``).
+
+Resumable: the driver appends each record to this run's shard and flushes it as soon as it arrives,
+so after a crash every finished image is in some shard (a torn last line is ignored); a rerun reads
+every shard, skips the images already recorded and writes only the rest, so the union of shards holds
+each image exactly once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+# codetr-detect's image extensions (cpp/tools/image_io_opencv.cpp image_extensions()).
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class BatchError(ValueError):
+    """A request that cannot be run as asked (the message names the input)."""
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[str]:
+    """Folders -> their image files (sorted, not recursive); a ``.txt``/``.lst`` file -> the paths it
+    lists (relative ones against its folder); an image file -> itself."""
+    files: List[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(str(c) for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file() and p.suffix.lower() in (".txt", ".lst"):
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line)
+                    files.append(str(q if q.is_absolute() else p.parent / q))
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise BatchError(f"input {item!r}: no such file or folder")
+    if not files:
+        raise BatchError(f"no images in {list(inputs)}")
+    return files
+
+
+def image_ids(files: Sequence[str]) -> List[int]:
+    """codetr-detect's image_id rule: every stem all digits and distinct -> those numbers; otherwise
+    the position in the expanded input list."""
+    stems = [Path(f).stem for f in files]
+    if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(len(files)))
+
+
+def finished_files(output: Path) -> Set[str]:
+    """File names already recorded in OUT's shards (a torn last line from a crash is skipped)."""
+    done: Set[str] = set()
+    for shard in sorted(output.glob("*.jsonl")):
+        with open(shard, "rb") as f:
+            for line in f:
+                try:
+                    done.add(json.loads(line)["file"])
+                except (ValueError, KeyError):
+                    continue
+    return done
+
+
+def _decode(batch: Dict[str, np.ndarray]) -> Dict[str, list]:
+    """Ray Data CPU task: read and decode each image; a failure is carried as an error string."""
+    import cv2
+
+    images, errors = [], []
+    for path in batch["file"]:
+        img = None
+        try:
+            data = np.fromfile(str(path), dtype=np.uint8)
+            img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+            err = "" if img is not None else "cannot decode image"
+        except OSError as exc:
+            err = f"cannot read: {exc.strerror or exc}"
+        images.append(img if img is not None else np.zeros((0, 0, 3), np.uint8))
+        errors.append(err)
+    return {"file": list(batch["file"]), "image_id": list(batch["image_id"]), "image": images, "error": errors}
+
+
+class _EngineActor:
+    """Ray Data actor: one Detector, reused for every batch it is given."""
+
+    def __init__(self, model_dir: str, device: Optional[str]):
+        from codetr.runtime import Detector
+
+        self.det = Detector(model_dir, device)
+
+    def __call__(self, batch: Dict[str, list]) -> Dict[str, list]:
+        from codetr.runtime import result_record
+
+        records = []
+        good = [i for i, e in enumerate(batch["error"]) if not e]
+        dets = {}
+        try:
+            dets = dict(zip(good, self.det.detect([batch["image"][i] for i in good]))) if good else {}
+        except ValueError:
+            # One bad image must not cost the others: retry the batch image by image.
+            for i in good:
+                try:
+                    dets[i] = self.det.detect(batch["image"][i])
+                except ValueError as exc:
+                    batch["error"][i] = str(exc)
+        for i, (f, iid) in enumerate(zip(batch["file"], batch["image_id"])):
+            img = batch["image"][i]
+            h, w = (int(img.shape[0]), int(img.shape[1])) if i in dets else (0, 0)
+            records.append(json.dumps(result_record(dets.get(i), file_name=str(f), image_id=int(iid), height=h,
+                                                    width=w, error=batch["error"][i] or None)))
+        return {"record": records}
+
+
+def run_batch(model_dir: str, inputs: Sequence[str], output: str, *, device: Optional[str] = None,
+              actors: Optional[int] = None, batch_size: Optional[int] = None, address: Optional[str] = None,
+              progress: bool = True) -> Dict:
+    """Detect every input image not yet in OUT; returns the summary
+    {"images", "skipped", "failed", "seconds", "images_per_s", "shard"}."""
+    import ray
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    model_json = Path(model_dir) / "model.json"
+    if not model_json.is_file():
+        raise BatchError(f"--model {model_dir}: no model.json (a directory written by `codetr export`)")
+    engine = json.loads(model_json.read_text())
+    files = expand_inputs(inputs)
+    ids = image_ids(files)
+    done = finished_files(out)
+    todo = [(f, i) for f, i in zip(files, ids) if f not in done]
+    summary = {"images": 0, "skipped": len(files) - len(todo), "failed": 0, "seconds": 0.0, "images_per_s": 0.0,
+               "shard": None}
+    if not todo:
+        return summary
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    dev = device or engine.get("device", "cpu")
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if dev == "cuda" else 0
+    if dev == "cuda" and gpus == 0:
+        raise BatchError("the engine runs on cuda but the Ray cluster has no GPU")
+    n_actors = actors or (gpus if gpus else 1)
+    geometry = engine.get("input", {})
+    per_call = batch_size or int(geometry.get("batch") or geometry.get("max_batch") or 1)
+
+    ds = ray.data.from_items([{"file": f, "image_id": i} for f, i in todo])
+    ds = ds.map_batches(_decode, batch_size=per_call)
+    ds = ds.map_batches(_EngineActor, fn_constructor_args=(str(model_dir), device), batch_size=per_call,
+                        concurrency=n_actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
+
+    shard = out / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
+    summary["shard"] = str(shard)
+    start = time.monotonic()
+    with open(shard, "a", encoding="utf-8") as f:
+        for row in ds.iter_rows():
+            f.write(row["record"] + "\n")
+            f.flush()
+            summary["images"] += 1
+            if '"error"' in row["record"] and "error" in json.loads(row["record"]):
+                summary["failed"] += 1
+    summary["seconds"] = time.monotonic() - start
+    summary["images_per_s"] = summary["images"] / summary["seconds"] if summary["seconds"] else 0.0
+    return summary

@@ -1,0 +1,155 @@
+"""``codetr serve``: a Ray Serve application answering detection requests over HTTP.
+
+One ``codetr.Detector`` per replica; concurrent requests are batched (``@serve.batch``) into the
+engine's batch size. Ray places the replicas on any number of GPUs and nodes.
+
+HTTP API (route prefix "/"):
+  POST /         an image (raw bytes, or multipart/form-data with one file field) -> one JSON record
+                 with codetr-detect's per-image schema (``codetr.result_record``). Query parameters
+                 ``file`` and ``image_id`` fill those fields (defaults: the multipart file name or
+                 "request", and 0). An image that cannot be decoded -> 400 with the reason.
+  GET /health    200 "ok" once the replica's engine is loaded.
+  GET /metrics   this replica's Prometheus text: requests by status, request latency histogram,
+                 engine batch sizes.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Counters of one replica, rendered as Prometheus text."""
+
+    def __init__(self, max_batch: int):
+        self._lock = threading.Lock()
+        self.requests: Dict[int, int] = {}
+        self.latency = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.latency_sum = 0.0
+        self.batch_sizes = [0] * (max_batch + 1)
+
+    def observe(self, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[status] = self.requests.get(status, 0) + 1
+            self.latency[next((i for i, b in enumerate(LATENCY_BUCKETS_S) if seconds <= b), len(LATENCY_BUCKETS_S))] += 1
+            self.latency_sum += seconds
+
+    def observe_batch(self, size: int) -> None:
+        with self._lock:
+            self.batch_sizes[min(size, len(self.batch_sizes) - 1)] += 1
+
+    def text(self) -> str:
+        with self._lock:
+            lines = ["# TYPE codetr_requests_total counter"]
+            lines += [f'codetr_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
+            lines.append("# TYPE codetr_request_latency_seconds histogram")
+            cumulative = 0
+            for bound, n in zip(list(LATENCY_BUCKETS_S) + ["+Inf"], self.latency):
+                cumulative += n
+                lines.append(f'codetr_request_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
+            lines.append(f"codetr_request_latency_seconds_sum {self.latency_sum}")
+            lines.append(f"codetr_request_latency_seconds_count {cumulative}")
+            lines.append("# TYPE codetr_engine_batches_total counter")
+            lines += [f'codetr_engine_batches_total{{size="{s}"}} {n}' for s, n in enumerate(self.batch_sizes) if n]
+            return "\n".join(lines) + "\n"
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> BGR uint8 HxWx3; ValueError naming the problem."""
+    import cv2
+
+    if not data:
+        raise ValueError("empty request body (POST the image bytes)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot decode the {len(data)}-byte body as an image")
+    return img
+
+
+def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.0, max_batch: Optional[int] = None,
+              batch_wait_ms: float = 10.0, device: Optional[str] = None):
+    """The Serve application (bind()-ed deployment) for ``serve.run``."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse
+
+    @serve.deployment(num_replicas=replicas, ray_actor_options={"num_gpus": gpus_per_replica},
+                      max_ongoing_requests=64)
+    class CodetrDetector:
+        def __init__(self):
+            from codetr.runtime import Detector
+
+            self.det = Detector(model_dir, device)
+            size = max_batch or self.det.max_batch
+            self.metrics = Metrics(size)
+            self._detect_batch.set_max_batch_size(size)
+            self._detect_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
+
+        @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+        async def _detect_batch(self, images: List[np.ndarray]):
+            self.metrics.observe_batch(len(images))
+            # The binding releases the GIL: run the engine off the event loop so requests keep arriving.
+            try:
+                results = await asyncio.to_thread(self.det.detect, list(images))
+            except ValueError:
+                # One bad image must not fail the batch: the others are detected one by one.
+                results = []
+                for img in images:
+                    try:
+                        results.append(await asyncio.to_thread(self.det.detect, img))
+                    except ValueError as exc:
+                        results.append(exc)
+            return results
+
+        async def __call__(self, request: Request):
+            from codetr.runtime import result_record
+
+            if request.method == "GET" and request.url.path.rstrip("/").endswith("/health"):
+                return PlainTextResponse("ok\n")
+            if request.method == "GET" and request.url.path.rstrip("/").endswith("/metrics"):
+                return PlainTextResponse(self.metrics.text())
+            if request.method != "POST":
+                return PlainTextResponse("POST an image to /, or GET /health or /metrics\n", status_code=405)
+            start = time.monotonic()
+            status, body = 200, None
+            try:
+                name = request.query_params.get("file", "request")
+                image_id = int(request.query_params.get("image_id", "0"))
+                if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                    form = await request.form()
+                    uploads = [v for v in form.values() if hasattr(v, "read")]
+                    if len(uploads) != 1:
+                        raise ValueError(f"multipart request with {len(uploads)} file fields (send exactly one)")
+                    name = request.query_params.get("file", uploads[0].filename or name)
+                    data = await uploads[0].read()
+                else:
+                    data = await request.body()
+                img = decode_image(data)
+                dets = await self._detect_batch(img)
+                if isinstance(dets, Exception):
+                    raise dets
+                body = result_record(dets, file_name=name, image_id=image_id, height=img.shape[0],
+                                     width=img.shape[1])
+            except ValueError as exc:
+                status, body = 400, {"error": str(exc)}
+            self.metrics.observe(status, time.monotonic() - start)
+            return JSONResponse(body, status_code=status)
+
+    return CodetrDetector.bind()
+
+
+def run_server(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, address: Optional[str] = None,
+               **options) -> None:
+    """Start (or join, with ``address``) a Ray cluster and serve until interrupted."""
+    import ray
+    from ray import serve
+
+    ray.init(address=address)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(model_dir, **options), name="codetr", route_prefix="/", blocking=True)
