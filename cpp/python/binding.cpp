@@ -7,6 +7,7 @@
 
 #include "codetr/codetr.h"
 #include "core.h"
+#include "inputs.h"
 
 namespace py = pybind11;
 using namespace codetr;
@@ -127,6 +128,15 @@ PYBIND11_MODULE(_runtime, m) {
       py::arg("boxes"), py::arg("scores"), py::arg("labels"), py::arg("classes"), py::arg("file"), py::arg("image_id"),
       py::arg("height"), py::arg("width"), py::arg("error") = "", py::arg("frame") = -1, py::arg("timestamp_ms") = 0.0,
       "One image's JSON Lines record, exactly as codetr-detect writes it.");
+
+  m.def(
+      "image_extensions", [] { return core::image_extensions(); },
+      "Extensions (lower case, with the dot) codetr-detect scans directory INPUTs for.");
+  m.def(
+      "is_image_name", [](const std::string& path) { return core::is_image_name(path); }, py::arg("path"),
+      "Whether codetr-detect takes `path` from a directory INPUT (its extension, any case).");
+  m.def("image_ids", &core::image_ids, py::arg("files"),
+        "codetr-detect's image_id of each file of the expanded input list.");
 
   m.def(
       "validate_engine_inputs",

@@ -25,6 +25,7 @@
 #include "codetr/codetr.h"
 #include "core.h"
 #include "image_io.h"
+#include "inputs.h"
 #include "video.h"
 
 namespace fs = std::filesystem;
@@ -168,12 +169,6 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-bool is_image_name(const fs::path& p) {
-  std::string e = p.extension().string();
-  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return std::tolower(c); });
-  return codetr::cli::image_extensions().count(e) > 0;
-}
-
 // Expands INPUTs into files (directories: their images, sorted, not recursive) and video inputs.
 // Problems (missing inputs, unlistable directories, looping symlinks) are reported and counted.
 struct Inputs {
@@ -198,7 +193,7 @@ Inputs collect_inputs(const std::vector<std::string>& inputs, int& failures) {
         if (entry_ec) {
           std::cerr << "error: " << it->path().string() << ": " << entry_ec.message() << "\n";
           ++failures;
-        } else if (regular && is_image_name(it->path())) {
+        } else if (regular && codetr::core::is_image_name(it->path().string(), codetr::cli::image_extensions())) {
           found.push_back(it->path().string());
         }
       }
@@ -217,25 +212,6 @@ Inputs collect_inputs(const std::vector<std::string>& inputs, int& failures) {
     }
   }
   return out;
-}
-
-// The image ids (rule in the usage text): COCO's numeric file names when they are all numeric and
-// distinct, else positions. Either way every image gets its own id.
-std::vector<int64_t> image_ids(const std::vector<std::string>& files) {
-  std::vector<int64_t> ids(files.size());
-  std::set<int64_t> seen;
-  bool numeric = true;
-  for (size_t i = 0; i < files.size() && numeric; ++i) {
-    const std::string stem = fs::path(files[i]).stem().string();
-    numeric = !stem.empty() && stem.size() <= 18 && std::all_of(stem.begin(), stem.end(), ::isdigit);
-    if (numeric) {
-      ids[i] = std::stoll(stem);
-      numeric = seen.insert(ids[i]).second;
-    }
-  }
-  if (!numeric)
-    for (size_t i = 0; i < files.size(); ++i) ids[i] = static_cast<int64_t>(i);
-  return ids;
 }
 
 // SIGINT/SIGTERM ask the run to stop after the batch in flight; the outputs are then complete
@@ -362,7 +338,7 @@ int run(const Args& args) {
   int failures = 0;
   const Inputs inputs = collect_inputs(args.inputs, failures);
   const std::vector<std::string>& files = inputs.images;
-  const std::vector<int64_t> ids = image_ids(files);
+  const std::vector<int64_t> ids = codetr::core::image_ids(files);
 
   auto read_image = [&](const std::string& path, BgrImage& out) {
     std::string error;

@@ -13,6 +13,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "image_io.h"
+#include "inputs.h"
 
 namespace codetr::cli {
 namespace {
@@ -33,10 +34,7 @@ cv::Scalar class_colour(int64_t label) {
 
 }  // namespace
 
-const std::set<std::string>& image_extensions() {
-  static const std::set<std::string> exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"};
-  return exts;
-}
+const std::set<std::string>& image_extensions() { return core::image_extensions(); }
 
 namespace {
 

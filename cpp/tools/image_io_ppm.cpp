@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "image_io.h"
+#include "inputs.h"
 
 namespace codetr::cli {
 namespace {
@@ -35,8 +36,12 @@ std::array<uint8_t, 3> class_colour(int64_t label) {
 }  // namespace
 
 const std::set<std::string>& image_extensions() {
-  // The OpenCV build's list plus .ppm: other formats in a directory are reported, not skipped.
-  static const std::set<std::string> exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"};
+  // The core's (OpenCV's) list plus .ppm: other formats in a directory are reported, not skipped.
+  static const std::set<std::string> exts = [] {
+    std::set<std::string> e = core::image_extensions();
+    e.insert(".ppm");
+    return e;
+  }();
   return exts;
 }
 
