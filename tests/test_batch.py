@@ -1,17 +1,14 @@
 """`codetr batch` (Ray Data) against codetr-detect --jsonl on the same folder: the same records;
 after a run that died midway (its shard ends after some records and a torn line), a rerun writes
-only the missing images, and the union of shards equals a clean run with no image twice."""
+only the missing images, and the union of shards equals a clean run with no image twice. The
+folder rules (which files, which image_id) are codetr-detect's own, through the binding."""
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ray_cluster import local_ray
-from runtime_standin import runtime_binary
-
-CLI = runtime_binary("codetr-detect")
+from ray_cluster import codetr_detect_records, local_ray
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +20,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    import cv2
+    cv2 = pytest.importorskip("cv2")
 
     d = tmp_path_factory.mktemp("batch_images")
     rng = np.random.default_rng(0)
@@ -32,18 +29,48 @@ def folder(tmp_path_factory):
     return d
 
 
-def shard_records(out: Path):
-    return [json.loads(line) for shard in sorted(out.glob("*.jsonl")) for line in shard.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def reference(exported_tiny_package, folder, tmp_path_factory):
-    if not CLI.exists():
-        pytest.skip(f"{CLI} is not built")
     out = tmp_path_factory.mktemp("batch_ref") / "ref.jsonl"
-    subprocess.run([str(CLI), "--model", str(exported_tiny_package), "--jsonl", str(out), str(folder)],
-                   check=True, capture_output=True, timeout=300)
-    return {r["file"]: r for r in map(json.loads, out.read_text().splitlines())}
+    return {r["file"]: r for r in codetr_detect_records(exported_tiny_package, [folder], out)}
+
+
+def shard_records(out: Path):
+    """Every parseable record of OUT's shards (a torn last line of a crashed run is skipped)."""
+    records = []
+    for shard in sorted(out.glob("*.jsonl")):
+        for line in shard.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def test_inputs_follow_codetr_detect(exported_tiny_package, tmp_path):
+    """Which files a folder contributes and their image_ids: codetr-detect's records decide."""
+    cv2 = pytest.importorskip("cv2")
+    from codetr.batch import expand_inputs, image_ids
+
+    img = np.full((40, 50, 3), 127, np.uint8)
+    numeric = tmp_path / "numeric"
+    numeric.mkdir()
+    png = cv2.imencode(".png", img)[1].tobytes()
+    for name in ("000000000139.png", "7.PNG", "42.jpeg"):
+        (numeric / name).write_bytes(png)
+    (numeric / "notes.txt").write_text("not an image\n")
+    (numeric / "raw.ppm2").write_bytes(b"not an image either")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("5.png", "b.png"):
+        (mixed / name).write_bytes(png)
+    for d in (numeric, mixed):
+        files = expand_inputs([str(d)])
+        ref = codetr_detect_records(exported_tiny_package, [d], tmp_path / f"{d.name}.jsonl")
+        assert [(f, i) for f, i in zip(files, image_ids(files))] == [(r["file"], r["image_id"]) for r in ref]
+    # Hand-checked: COCO-style numeric stems are their ids; one non-numeric stem makes them positions.
+    assert image_ids(expand_inputs([str(numeric)])) == [139, 42, 7]
+    assert image_ids(expand_inputs([str(mixed)])) == [0, 1]
 
 
 def test_batch_equals_codetr_detect(ray_cluster, exported_tiny_package, folder, reference, tmp_path):
@@ -66,7 +93,7 @@ def test_rerun_after_crash_completes_without_duplicates(ray_cluster, exported_ti
     (tmp_path / "part-crashed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ordered[:2]) + torn)
     summary = run_batch(str(exported_tiny_package), [str(folder)], str(tmp_path), progress=False)
     assert summary["skipped"] == 2 and summary["images"] == 3
-    got = [r for r in shard_records_tolerant(tmp_path)]
+    got = shard_records(tmp_path)
     files = [r["file"] for r in got]
     assert sorted(files) == sorted(reference) and len(files) == len(set(files))
     assert {r["file"]: r for r in got} == reference
@@ -74,10 +101,18 @@ def test_rerun_after_crash_completes_without_duplicates(ray_cluster, exported_ti
     assert run_batch(str(exported_tiny_package), [str(folder)], str(tmp_path), progress=False)["images"] == 0
 
 
-def shard_records_tolerant(out: Path):
-    for shard in sorted(out.glob("*.jsonl")):
-        for line in shard.read_text().splitlines():
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue
+def test_bad_image_is_reported_and_costs_no_other(ray_cluster, exported_tiny_package, folder, reference, tmp_path):
+    from codetr.batch import run_batch
+
+    bad = tmp_path / "in" / "broken.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    listing = tmp_path / "in" / "list.txt"
+    listing.write_text("".join(f"{f}\n" for f in sorted(reference)) + "broken.png\n")
+    out = tmp_path / "out"
+    summary = run_batch(str(exported_tiny_package), [str(listing)], str(out), progress=False)
+    assert summary["images"] == 6 and summary["failed"] == 1
+    got = {r["file"]: r for r in shard_records(out)}
+    assert "cannot decode" in got.pop(str(bad))["error"]
+    # The list's image_ids are positions (non-numeric names), as codetr-detect numbers its inputs.
+    assert got == reference

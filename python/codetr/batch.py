@@ -16,12 +16,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set
 
 import numpy as np
-
-# codetr-detect's image extensions (cpp/tools/image_io_opencv.cpp image_extensions()).
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class BatchError(ValueError):
@@ -29,13 +26,16 @@ class BatchError(ValueError):
 
 
 def expand_inputs(inputs: Sequence[str]) -> List[str]:
-    """Folders -> their image files (sorted, not recursive); a ``.txt``/``.lst`` file -> the paths it
-    lists (relative ones against its folder); an image file -> itself."""
+    """Folders -> their image files (sorted, not recursive; codetr-detect's extensions, from the
+    core); a ``.txt``/``.lst`` file -> the paths it lists (relative ones against its folder); an
+    image file -> itself."""
+    from codetr._native import runtime
+
     files: List[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(str(c) for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS)
+            files += sorted(str(c) for c in p.iterdir() if c.is_file() and runtime.is_image_name(os.fsencode(c)))
         elif p.is_file() and p.suffix.lower() in (".txt", ".lst"):
             for line in p.read_text().splitlines():
                 line = line.strip()
@@ -52,12 +52,10 @@ def expand_inputs(inputs: Sequence[str]) -> List[str]:
 
 
 def image_ids(files: Sequence[str]) -> List[int]:
-    """codetr-detect's image_id rule: every stem all digits and distinct -> those numbers; otherwise
-    the position in the expanded input list."""
-    stems = [Path(f).stem for f in files]
-    if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
-        return [int(s) for s in stems]
-    return list(range(len(files)))
+    """codetr-detect's image_id of each file (the core's rule: numeric distinct stems, else positions)."""
+    from codetr._native import runtime
+
+    return list(runtime.image_ids([os.fsencode(f) for f in files]))
 
 
 def finished_files(output: Path) -> Set[str]:
@@ -157,8 +155,11 @@ def run_batch(model_dir: str, inputs: Sequence[str], output: str, *, device: Opt
 
     ds = ray.data.from_items([{"file": f, "image_id": i} for f, i in todo])
     ds = ds.map_batches(_decode, batch_size=per_call)
+    # A CPU actor holds one CPU, so Ray runs it with OMP_NUM_THREADS=1 unless the environment sets
+    # it; the engine's float results depend on that thread count (docs/serving.md).
     ds = ds.map_batches(_EngineActor, fn_constructor_args=(str(model_dir), device), batch_size=per_call,
-                        concurrency=n_actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
+                        compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=1 if gpus else 0,
+                        num_cpus=0 if gpus else 1)
 
     shard = out / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
     summary["shard"] = str(shard)

@@ -25,10 +25,12 @@ LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 
 
 class Metrics:
-    """Counters of one replica, rendered as Prometheus text."""
+    """Counters of one replica, rendered as Prometheus text; every sample carries the replica's id
+    (``replica`` label), since each GET /metrics is answered by one replica."""
 
-    def __init__(self, max_batch: int):
+    def __init__(self, max_batch: int, replica: str = ""):
         self._lock = threading.Lock()
+        self.label = f'replica="{replica}"'
         self.requests: Dict[int, int] = {}
         self.latency = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum = 0.0
@@ -47,16 +49,17 @@ class Metrics:
     def text(self) -> str:
         with self._lock:
             lines = ["# TYPE codetr_requests_total counter"]
-            lines += [f'codetr_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
+            lines += [f'codetr_requests_total{{{self.label},status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
             lines.append("# TYPE codetr_request_latency_seconds histogram")
             cumulative = 0
             for bound, n in zip(list(LATENCY_BUCKETS_S) + ["+Inf"], self.latency):
                 cumulative += n
-                lines.append(f'codetr_request_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
-            lines.append(f"codetr_request_latency_seconds_sum {self.latency_sum}")
-            lines.append(f"codetr_request_latency_seconds_count {cumulative}")
+                lines.append(f'codetr_request_latency_seconds_bucket{{{self.label},le="{bound}"}} {cumulative}')
+            lines.append(f"codetr_request_latency_seconds_sum{{{self.label}}} {self.latency_sum}")
+            lines.append(f"codetr_request_latency_seconds_count{{{self.label}}} {cumulative}")
             lines.append("# TYPE codetr_engine_batches_total counter")
-            lines += [f'codetr_engine_batches_total{{size="{s}"}} {n}' for s, n in enumerate(self.batch_sizes) if n]
+            lines += [f'codetr_engine_batches_total{{{self.label},size="{s}"}} {n}'
+                      for s, n in enumerate(self.batch_sizes) if n]
             return "\n".join(lines) + "\n"
 
 
@@ -87,7 +90,7 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
 
             self.det = Detector(model_dir, device)
             size = max_batch or self.det.max_batch
-            self.metrics = Metrics(size)
+            self.metrics = Metrics(size, serve.get_replica_context().replica_id.unique_id)
             self._detect_batch.set_max_batch_size(size)
             self._detect_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
 
@@ -120,7 +123,10 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
             status, body = 200, None
             try:
                 name = request.query_params.get("file", "request")
-                image_id = int(request.query_params.get("image_id", "0"))
+                image_id = request.query_params.get("image_id", "0")
+                if not image_id.lstrip("-").isdigit():
+                    raise ValueError(f"query parameter image_id must be an integer, got {image_id!r}")
+                image_id = int(image_id)
                 if request.headers.get("content-type", "").startswith("multipart/form-data"):
                     form = await request.form()
                     uploads = [v for v in form.values() if hasattr(v, "read")]
@@ -150,6 +156,7 @@ def run_server(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, add
     import ray
     from ray import serve
 
-    ray.init(address=address)
+    if not ray.is_initialized():
+        ray.init(address=address)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(model_dir, **options), name="codetr", route_prefix="/", blocking=True)
