@@ -7,6 +7,7 @@ OMP_NUM_THREADS=1 unless the environment sets it; the cluster pins it for every 
 (runtime_env) and the reference codetr-detect runs with the same value, so the records must be
 equal, not close.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +19,10 @@ import pytest
 from runtime_standin import require_opencv_cli
 
 ENGINE_THREADS = "1"
+
+# On a test that needs a Ray cluster: skip before any fixture (the model export) runs.
+requires_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                  reason="the 'serve' extra (ray[serve,data]) is not installed")
 
 
 def local_ray(*, dashboard: bool = False):

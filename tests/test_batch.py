@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ray_cluster import codetr_detect_records, local_ray
+from ray_cluster import codetr_detect_records, local_ray, requires_ray
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,7 @@ def test_inputs_follow_codetr_detect(exported_tiny_package, tmp_path):
     assert image_ids(expand_inputs([str(mixed)])) == [0, 1]
 
 
+@requires_ray
 def test_batch_equals_codetr_detect(ray_cluster, exported_tiny_package, folder, reference, tmp_path):
     from codetr.batch import run_batch
 
@@ -83,6 +84,7 @@ def test_batch_equals_codetr_detect(ray_cluster, exported_tiny_package, folder, 
     assert {r["file"]: r for r in got} == reference
 
 
+@requires_ray
 def test_rerun_after_crash_completes_without_duplicates(ray_cluster, exported_tiny_package, folder, reference,
                                                         tmp_path):
     from codetr.batch import run_batch
@@ -101,6 +103,7 @@ def test_rerun_after_crash_completes_without_duplicates(ray_cluster, exported_ti
     assert run_batch(str(exported_tiny_package), [str(folder)], str(tmp_path), progress=False)["images"] == 0
 
 
+@requires_ray
 def test_bad_image_is_reported_and_costs_no_other(ray_cluster, exported_tiny_package, folder, reference, tmp_path):
     from codetr.batch import run_batch
 

@@ -19,6 +19,8 @@ import pytest
 
 from ray_cluster import codetr_detect_records, local_ray
 
+pytest.importorskip("ray", reason="the 'serve' extra (ray[serve,data]) is not installed")
+
 DEPLOYMENT = "CodetrDetector"
 
 
