@@ -127,13 +127,15 @@ def run_batch(model_dir: str, inputs: Sequence[str], output: str, *, device: Opt
     {"images", "skipped", "failed", "seconds", "images_per_s", "shard"}."""
     import ray
 
+    from codetr.modeljson import load_model_json
+
+    for name, value in (("actors", actors), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise BatchError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+    engine = load_model_json(model_dir)  # checked by the runtime's parser: errors name the key
+    files = expand_inputs(inputs)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    model_json = Path(model_dir) / "model.json"
-    if not model_json.is_file():
-        raise BatchError(f"--model {model_dir}: no model.json (a directory written by `codetr export`)")
-    engine = json.loads(model_json.read_text())
-    files = expand_inputs(inputs)
     ids = image_ids(files)
     done = finished_files(out)
     todo = [(f, i) for f, i in zip(files, ids) if f not in done]

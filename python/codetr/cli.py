@@ -150,12 +150,15 @@ def _add_serve_parser(subparsers) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     import ray
 
+    from codetr.modeljson import load_model_json
     from codetr.serve import run_server
 
-    if not (Path(args.model) / "model.json").is_file():
-        raise ValueError(f"--model {args.model}: no model.json (a directory written by `codetr export`)")
-    if args.max_batch is not None and args.max_batch < 1:
-        raise ValueError(f"--max-batch must be >= 1 (got {args.max_batch})")
+    load_model_json(args.model)  # a bad model dir fails here, not in every replica's constructor
+    for flag, value in (("--max-batch", args.max_batch), ("--replicas", args.replicas)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1 (got {value})")
+    if args.batch_wait_ms < 0:
+        raise ValueError(f"--batch-wait-ms must be >= 0 (got {args.batch_wait_ms})")
     replicas, gpus = args.replicas or 1, 0.0
     if args.gpus_per_replica is not None:
         if args.gpus_per_replica <= 0:

@@ -15,12 +15,14 @@ HTTP API (route prefix "/"):
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from typing import Dict, List, Optional
 
 import numpy as np
 
+APP_NAME = "codetr"
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -152,11 +154,24 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
 
 def run_server(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, address: Optional[str] = None,
                **options) -> None:
-    """Start (or join, with ``address``) a Ray cluster and serve until interrupted."""
+    """Start (or join, with ``address``) a Ray cluster and serve until Ctrl-C or SIGTERM; then the
+    application is deleted, so that on a shared cluster it does not outlive the command."""
     import ray
     from ray import serve
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
     if not ray.is_initialized():
         ray.init(address=address)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(model_dir, **options), name="codetr", route_prefix="/", blocking=True)
+    # After ray.init, which installs a SIGTERM handler of its own that just dies.
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(model_dir, **options), name=APP_NAME, route_prefix="/")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.delete(APP_NAME)
