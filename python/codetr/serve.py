@@ -65,6 +65,17 @@ class Metrics:
             return "\n".join(lines) + "\n"
 
 
+def parse_image_id(text: str) -> int:
+    """The ``image_id`` query parameter; ValueError naming it."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -2**63 <= value < 2**63:
+        raise ValueError(f"query parameter image_id must be a 64-bit integer, got {text!r}")
+    return value
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """Encoded image bytes -> BGR uint8 HxWx3; ValueError naming the problem."""
     import cv2
@@ -125,10 +136,7 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
             status, body = 200, None
             try:
                 name = request.query_params.get("file", "request")
-                image_id = request.query_params.get("image_id", "0")
-                if not image_id.lstrip("-").isdigit():
-                    raise ValueError(f"query parameter image_id must be an integer, got {image_id!r}")
-                image_id = int(image_id)
+                image_id = parse_image_id(request.query_params.get("image_id", "0"))
                 if request.headers.get("content-type", "").startswith("multipart/form-data"):
                     form = await request.form()
                     uploads = [v for v in form.values() if hasattr(v, "read")]
