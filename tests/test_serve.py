@@ -171,6 +171,8 @@ def test_malformed_requests_are_4xx_and_the_replica_survives(service, reference)
     data, content_type = multipart([("a", "x.png", image), ("b", "y.png", image)])
     status, body = post(service, data, content_type=content_type)
     assert status == 400 and "2 file fields" in body["error"]
+    status, body = post(service, b"--nope\r\nnot multipart", content_type="multipart/form-data")
+    assert status == 400 and "malformed multipart body" in body["error"]
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(service + "/", timeout=30)
     assert e.value.code == 405

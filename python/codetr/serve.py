@@ -92,6 +92,8 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
               batch_wait_ms: float = 10.0, device: Optional[str] = None):
     """The Serve application (bind()-ed deployment) for ``serve.run``."""
     from ray import serve
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse
 
@@ -138,7 +140,10 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
                 name = request.query_params.get("file", "request")
                 image_id = parse_image_id(request.query_params.get("image_id", "0"))
                 if request.headers.get("content-type", "").startswith("multipart/form-data"):
-                    form = await request.form()
+                    try:
+                        form = await request.form()
+                    except (MultiPartException, HTTPException) as exc:
+                        raise ValueError(f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
                     uploads = [v for v in form.values() if hasattr(v, "read")]
                     if len(uploads) != 1:
                         raise ValueError(f"multipart request with {len(uploads)} file fields (send exactly one)")
