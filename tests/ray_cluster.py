@@ -3,9 +3,8 @@ only) and the codetr-detect reference run under the same engine thread count.
 
 The engine's CPU kernels split their reductions by thread count, so its float outputs (and the
 detections' last bits) depend on OMP_NUM_THREADS. Ray runs a 1-CPU actor or replica with
-OMP_NUM_THREADS=1 unless the environment sets it; the cluster pins it for every worker
-(runtime_env) and the reference codetr-detect runs with the same value, so the records must be
-equal, not close.
+OMP_NUM_THREADS=1 unless the environment sets it; the cluster pins it for every worker and
+the reference codetr-detect runs with the same value, so the records must be equal, not close.
 """
 import importlib.util
 import json
@@ -27,11 +26,19 @@ requires_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 
 def local_ray(*, dashboard: bool = False):
     """Start the module's cluster. ``dashboard``: also its API server on 127.0.0.1 (ray.util.state
-    needs it)."""
+    needs it). Its processes start with OMP_NUM_THREADS=ENGINE_THREADS, so every worker of every job
+    (also a `codetr batch --address` subprocess) inherits it; this process's own value is kept."""
     ray = pytest.importorskip("ray", reason="the 'serve' extra (ray[serve,data]) is not installed")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": ENGINE_THREADS}})
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = ENGINE_THREADS
+    try:
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    finally:
+        if saved is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
     return ray
 
 

@@ -1,8 +1,11 @@
 """`codetr batch` (Ray Data) against codetr-detect --jsonl on the same folder: the same records;
-after a run that died midway (its shard ends after some records and a torn line), a rerun writes
-only the missing images, and the union of shards equals a clean run with no image twice. The
-folder rules (which files, which image_id) are codetr-detect's own, through the binding."""
+after a `codetr batch` killed midway (SIGKILL, plus a torn last line), a rerun writes only the
+missing images, and the union of shards equals a clean run with no image twice. The folder rules
+(which files, which image_id) are codetr-detect's own, through the binding."""
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,23 +87,55 @@ def test_batch_equals_codetr_detect(ray_cluster, exported_tiny_package, folder, 
     assert {r["file"]: r for r in got} == reference
 
 
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory):
+    """Enough images that a run can be killed with some of them done and the rest not."""
+    cv2 = pytest.importorskip("cv2")
+
+    d = tmp_path_factory.mktemp("batch_many")
+    rng = np.random.default_rng(2)
+    for i in range(16):
+        h, w = rng.integers(40, 130, 2)
+        cv2.imwrite(str(d / f"many_{i:02d}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return d
+
+
 @requires_ray
-def test_rerun_after_crash_completes_without_duplicates(ray_cluster, exported_tiny_package, folder, reference,
-                                                        tmp_path):
+def test_killed_run_then_rerun_equals_a_clean_run(ray_cluster, exported_tiny_package, big_folder, tmp_path):
     from codetr.batch import run_batch
 
-    # What a run killed midway leaves: two flushed records and a torn third line.
-    ordered = [reference[k] for k in sorted(reference)]
-    torn = json.dumps(ordered[2])[:40]
-    (tmp_path / "part-crashed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ordered[:2]) + torn)
-    summary = run_batch(str(exported_tiny_package), [str(folder)], str(tmp_path), progress=False)
-    assert summary["skipped"] == 2 and summary["images"] == 3
-    got = shard_records(tmp_path)
+    reference = {r["file"]: r for r in codetr_detect_records(exported_tiny_package, [big_folder],
+                                                             tmp_path / "ref.jsonl")}
+    out = tmp_path / "out"
+    # `codetr batch` as a separate driver on this cluster, SIGKILLed once some records are written.
+    address = ray_cluster.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "codetr", "batch", "--model", str(exported_tiny_package),
+                             str(big_folder), "--output", str(out), "--address", address, "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(shard_records(out)) < 3:
+            assert proc.poll() is None, f"codetr batch exited ({proc.returncode}) before writing 3 records"
+            assert time.monotonic() < deadline, "codetr batch wrote no records"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    done = len(shard_records(out))
+    assert 3 <= done < len(reference), f"the run was not killed midway ({done} of {len(reference)} done)"
+    # A kill in the middle of a write leaves a torn line: the rerun must ignore it too.
+    shard = next(out.glob("*.jsonl"))
+    with open(shard, "a") as f:
+        f.write(json.dumps(reference[sorted(reference)[-1]])[:40])
+
+    summary = run_batch(str(exported_tiny_package), [str(big_folder)], str(out), progress=False)
+    assert summary["skipped"] == done and summary["images"] == len(reference) - done and summary["failed"] == 0
+    got = shard_records(out)
     files = [r["file"] for r in got]
-    assert sorted(files) == sorted(reference) and len(files) == len(set(files))
+    assert len(files) == len(set(files)) == len(reference)
     assert {r["file"]: r for r in got} == reference
     # A third run has nothing left to do.
-    assert run_batch(str(exported_tiny_package), [str(folder)], str(tmp_path), progress=False)["images"] == 0
+    assert run_batch(str(exported_tiny_package), [str(big_folder)], str(out), progress=False)["images"] == 0
 
 
 @requires_ray
