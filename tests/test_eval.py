@@ -258,9 +258,10 @@ def test_eager_tiny_preset_end_to_end(tmp_path, capsys):
 # runtime artifacts
 # ----------------------------------------------------------------------------------------------
 def _engine_scale_preset():
-    """tiny_r50 with the resize scale its 128x160 static engines write into model.json (160, 128)."""
+    """tiny_r50 as its 128x160 static engines run it: the resize scale they write into model.json
+    (160, 128) and every image padded to 128x160 (a multiple of 32 here)."""
     base = REDUCED_PRESETS["tiny_r50"]
-    return base.replace(pipeline=dataclasses.replace(base.pipeline, resize_scale=(160, 128)))
+    return base.replace(pipeline=dataclasses.replace(base.pipeline, resize_scale=(160, 128), pad_size_divisor=32))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from codetr.cli import main
-from codetr.export import ExportError, ExportOptions, default_engine_size, engine_resize
+from codetr.export import ExportError, ExportOptions, default_engine, engine_resize
 from codetr.modeljson import load_model_json, validate_engine_inputs
 from codetr.presets import COCO_CLASSES, PRESETS, get_preset
 from conftest import TINY_PACKAGE_SIZE, TINY_R50_WEIGHTS, TINY_SWIN_WEIGHTS
@@ -40,8 +40,7 @@ def test_unknown_preset_lists_valid_ones(tmp_path, capsys):
     (["--height", "100"], "--height must be a positive multiple of 32, got 100"),
     (["--dynamic", "--min-height", "320", "--max-height", "800", "--min-width", "320"],
      "--dynamic needs --max-width"),
-    (["--dynamic", "--min-height", "320", "--max-height", "810", "--min-width", "320", "--max-width", "800"],
-     "--max-height must be a positive multiple of 32, got 810"),
+    (["--height", "800"], "a static engine needs both --height and --width"),
     (["--dynamic", "--min-height", "640", "--max-height", "320", "--min-width", "320", "--max-width", "800"],
      "--min-height 640 is larger than --max-height 320"),
     (["--dynamic", "--min-height", "64", "--max-height", "320", "--min-width", "320", "--max-width", "800"],
@@ -108,24 +107,34 @@ def test_static_engine_resize_rule(hw, scale):
 
 
 @pytest.mark.parametrize("name, size", [
-    (R50, (800, 1344)),                                           # (1333, 800) rounded up to 32
     ("co_dino_5scale_r50_lsj_8xb2_1x_coco", (1024, 1024)),        # LSJ: the fixed pad size
     ("co_dino_5scale_swin_l_lsj_16xb1_1x_coco", (1280, 1280)),
-    ("co_dino_5scale_swin_l_16xb1_16e_o365tococo", (1280, 2048)),  # (2048, 1280)
 ])
-def test_default_static_size(name, size):
-    assert default_engine_size(get_preset(name)) == size
+def test_default_engine_of_lsj_presets_is_static_at_the_pad_size(name, size):
+    assert default_engine(get_preset(name)) == {"height": size[0], "width": size[1]}
     opts = ExportOptions(preset=name, output=".", height=size[0], width=size[1])
     resize, pad = engine_resize(opts, _pre(name))
-    assert resize["scale"] == _pre(name)["resize"]["scale"]  # the default engine keeps mmdet's scale exactly
+    assert resize["scale"] == _pre(name)["resize"]["scale"]  # mmdet's scale exactly
     assert pad == {"size": list(size)}
+
+
+@pytest.mark.parametrize("name, low, high", [
+    (R50, 96, 1333),                                           # any size a (1333, 800) resize makes
+    ("co_dino_5scale_swin_l_16xb1_1x_coco", 416, 1333),
+    ("co_dino_5scale_swin_l_16xb1_16e_o365tococo", 416, 2048),  # (2048, 1280)
+])
+def test_default_engine_of_other_presets_is_dynamic_and_unpadded(name, low, high):
+    engine = default_engine(get_preset(name))
+    assert engine == {"dynamic": True, "min_height": low, "max_height": high, "min_width": low, "max_width": high}
+    resize, pad = engine_resize(ExportOptions(preset=name, output=".", **engine), _pre(name))
+    assert resize == _pre(name)["resize"] and pad == {"size_divisor": 1}  # mmdet: a single image is not padded
 
 
 def test_dynamic_engine_keeps_the_preset_rule():
     opts = ExportOptions(preset=R50, output=".", dynamic=True, min_height=320, max_height=1344,
                          min_width=320, max_width=1344)
     resize, pad = engine_resize(opts, _pre(R50))
-    assert resize["scale"] == [1333, 800] and pad == {"size_divisor": 32}
+    assert resize["scale"] == [1333, 800] and pad == {"size_divisor": 1}
 
 
 def test_dynamic_engine_too_small_for_the_preset_warns():
@@ -212,7 +221,14 @@ def test_package_matches_eager(exported_tiny_package):
 
 def test_dynamic_package_matches_eager_above_and_below_the_trace_size(tmp_path):
     """A dynamic-H/W package must compute the same function at every size in its range, not only
-    at the example size it was traced with (mask-derived valid sizes, level shapes, top-k)."""
+    at the example size it was traced with (mask-derived valid sizes, level shapes, top-k), odd
+    sizes included.
+
+    Compared as sets, not position by position: the 300 outputs are a top-k of scores that can lie
+    ~1e-7 apart (here down to 1.2e-7 at 96x97), and a compiled kernel may sum in another order than
+    eager (other SIMD width, other thread count), which legitimately swaps such neighbours. Each
+    eager detection must have a package detection of the same label, |score diff| <= 1e-5 and a
+    box within 1e-3 px, one to one."""
     from codetr import _C  # noqa: F401  (registers codetr::ms_deform_attn for the loader)
     from codetr.export import export
     from codetr.models import build_model
@@ -221,21 +237,28 @@ def test_dynamic_package_matches_eager_above_and_below_the_trace_size(tmp_path):
                          device="cpu", dtype="float32", dynamic=True, min_height=96, max_height=320,
                          min_width=96, max_width=320))
     spec = load_model_json(tmp_path)
+    assert spec["input"]["multiple"] == 1
     runner = torch._inductor.aoti_load_package(str(tmp_path / "model.pt2"))
     model = build_model("tiny_r50", checkpoint=TINY_R50_WEIGHTS, msda_impl="op")
     g = torch.Generator().manual_seed(0)
-    for height, width, pad_h, pad_w in [(96, 128, 0, 0), (320, 288, 32, 64), (256, 320, 64, 32)]:
+    for height, width, pad_h, pad_w in [(96, 97, 0, 0), (319, 287, 32, 64), (255, 320, 63, 31), (101, 211, 0, 5)]:
         images = torch.randn(1, 3, height, width, generator=g)
         masks = torch.zeros(1, height, width, dtype=torch.bool)
         masks[:, height - pad_h:, :] = True
         masks[:, :, width - pad_w:] = True
         images[masks[:, None].expand_as(images)] = 0.0
         validate_engine_inputs(spec, images, masks)
-        got, want = runner(images, masks), model(images, masks)
-        for g_out, r_out in zip(got[:2], want[:2]):
-            assert (g_out - r_out).norm() / r_out.norm() <= 1e-4, (height, width)
-        assert torch.equal(got[2], want[2])
-        assert got[0][..., 0::2].max() <= width - pad_w and got[0][..., 1::2].max() <= height - pad_h
+        with torch.no_grad():
+            got, want = runner(images, masks), model(images, masks)
+        (gb, gs, gl), (wb, ws, wl) = [(o[0][0], o[1][0], o[2][0]) for o in (got, want)]
+        close = ((wl[:, None] == gl[None, :]) & ((ws[:, None] - gs[None, :]).abs() <= 1e-5)
+                 & ((wb[:, None, :] - gb[None, :, :]).abs().amax(-1) <= 1e-3))
+        used = torch.zeros(len(gs), dtype=torch.bool)
+        for i in range(len(ws)):
+            free = close[i] & ~used
+            assert free.any(), (height, width, i, float(ws[i]), int(wl[i]), wb[i].tolist())
+            used[int(free.nonzero()[0])] = True
+        assert gb[..., 0::2].max() <= width - pad_w and gb[..., 1::2].max() <= height - pad_h
 
 
 # ---------------------------------------------------------------------------------------------

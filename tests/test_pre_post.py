@@ -71,16 +71,17 @@ def test_preprocess_non_lsj_padding_after_normalisation():
     assert metas[0]["img_shape"] == (800, 1067) and metas[1]["img_shape"] == (592, 1333)
     # float32 factors, as mmdet divides float32 boxes by them
     assert metas[0]["scale_factor"] == (np.float32(1067 / 80), np.float32(800 / 60))
-    assert batch.shape == (2, 3, 800, 1344) and masks.shape == (2, 800, 1344)
+    # mmdet's divisor (1): the batch is padded to its largest image only
+    assert batch.shape == (2, 3, 800, 1333) and masks.shape == (2, 800, 1333)
     mean, std = preset.pipeline.mean, preset.pipeline.std
     # RGB order after conversion; constant image stays constant through bilinear resize
     expect = [(30 - mean[0]) / std[0], (20 - mean[1]) / std[1], (10 - mean[2]) / std[2]]
     torch.testing.assert_close(batch[0, :, 5, 7], torch.tensor(expect))
     assert torch.all(batch[0, :, :, 1067:] == 0) and torch.all(batch[1, :, 592:, :] == 0)
     assert not masks[0, :800, :1067].any() and masks[0, :, 1067:].all() and masks[1, 592:].all()
-    # mmdet's own divisor (1) pads the batch to its largest image only
-    batch1, _, _ = preprocess([img0, img1], preset, pad_size_divisor=1)
-    assert batch1.shape == (2, 3, 800, 1333)
+    assert not masks[1, :592].any()
+    batch32, _, _ = preprocess([img0, img1], preset, pad_size_divisor=32)
+    assert batch32.shape == (2, 3, 800, 1344)
 
 
 def test_preprocess_lsj_pads_uint8_before_normalisation_and_drops_mask():
@@ -163,7 +164,7 @@ def test_postprocess_batch_and_metadata():
     assert m["postprocess"] == {"score_thr": 0.0, "max_per_img": 300, "clip": False, "nms": {
         "type": "soft_nms", "iou_threshold": 0.8, "method": "linear", "sigma": 0.5, "min_score": 0.001}}
     r50 = PRESETS["co_dino_5scale_r50_8xb2_1x_coco"].to_metadata()
-    assert r50["preprocess"]["pad"] == {"size_divisor": 32} and r50["preprocess"]["mask"] == "padding"
+    assert r50["preprocess"]["pad"] == {"size_divisor": 1} and r50["preprocess"]["mask"] == "padding"
     assert r50["preprocess"]["resize"] == {"scale": [1333, 800], "keep_ratio": True, "interpolation": "bilinear"}
     assert len(r50["classes"]) == r50["num_classes"] == 80
 

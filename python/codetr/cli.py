@@ -30,11 +30,14 @@ def _add_export_parser(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device the engine runs on (default: cpu)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default: float32)")
     p.add_argument("--height", type=int, default=None,
-                   help="static input height (multiple of 32); default: the preset's fixed pad size (LSJ) "
-                        "or its resize scale rounded up to 32 as a landscape image (1333x800 -> 800x1344)")
+                   help="static engine: input height (multiple of 32); every image is padded to HxW (fast: CUDA "
+                        "graphs; for non-LSJ presets results then differ from mmdet, see docs/export.md). "
+                        "Without size options: LSJ presets get a static engine of their fixed pad size, the "
+                        "others a dynamic engine over every size their resize produces (both exact)")
     p.add_argument("--width", type=int, default=None, help="static input width (multiple of 32); see --height")
     p.add_argument("--batch", type=int, default=1, help="static batch size (default: 1)")
-    p.add_argument("--dynamic", action="store_true", help="dynamic H and W (multiples of 32) in a range")
+    p.add_argument("--dynamic", action="store_true",
+                   help="dynamic H and W (any size in [--min-*, --max-*]): each image runs at its own size")
     for side in ("height", "width"):
         p.add_argument(f"--min-{side}", type=int, default=None)
         p.add_argument(f"--max-{side}", type=int, default=None)

@@ -1,6 +1,6 @@
 """`codetr export`: a Co-DINO preset -> an engine file + model.json.
 
-Engines:
+Formats:
 * ``aoti`` (default): ``torch.export`` + ``torch._inductor.aoti_compile_and_package`` -> model.pt2,
   run by the C++ runtime (``codetr-detect``) through libtorch's AOTIModelPackageLoader. MSDA stays
   the custom op ``codetr::ms_deform_attn`` so the runtime calls our C++/CUDA kernel.
@@ -10,12 +10,17 @@ The engine runs the model proper (engine contract: images (B,3,H,W) normalised [
 bool, True = padding] -> boxes (B,300,4) float32 xyxy in input pixels, scores (B,300) float32,
 labels (B,300) int64). Pre- and post-processing are described in model.json and run by the runtime.
 
-Resize rule written into model.json (what a user of mmdet expects, bounded by the engine):
-* dynamic engine: the preset's own rule (mmcv keep-ratio rescale to scale=(long, short), pad to a
-  multiple of 32, or the preset's fixed pad size) — identical to mmdet's test pipeline as long as
-  the padded image lies inside the exported H/W range (the export warns when it cannot).
-* static H x W engine: scale = (min(preset_long, max(H, W)), min(preset_short, min(H, W))) and pad
-  to exactly (H, W). For images of the engine's orientation (landscape image in a W >= H engine,
+Two kinds of engine (docs/export.md compares them):
+* dynamic ("exact"; the default for non-LSJ presets): H and W are free in [--min-*, --max-*], any
+  integer. model.json keeps the preset's own rule (mmcv keep-ratio rescale to scale=(long, short);
+  mmdet's batch padding pad_size_divisor=1, i.e. a single image is not padded at all; or the LSJ
+  fixed pad size), so every image is run exactly as mmdet runs it alone, as long as it lies inside
+  the exported range (the export warns when the preset's sizes cannot).
+* static H x W (the fast option: CUDA graphs, H, W multiples of 32; the default for LSJ presets,
+  whose fixed pad size makes it exact): scale = (min(preset_long, max(H, W)), min(preset_short,
+  min(H, W))) and pad to exactly (H, W). For a non-LSJ preset this pads every image to H x W; the
+  backbone and the neck's GroupNorm see that padding, so results differ from mmdet's (measured in
+  docs/export.md). For images of the engine's orientation (landscape image in a W >= H engine,
   portrait in H > W) this is mmdet's rule capped at the engine size, so the resized image always
   fits. An image of the other orientation can come out larger than a non-square engine along one
   side; the C++ runtime then scales it to fit the engine instead (aspect ratio kept), i.e. smaller
@@ -45,7 +50,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 FORMATS = ("aoti", "onnx")
 ONNX_MSDA = ("gridsample", "trt-plugin")  # how an ONNX export writes MSDA (codetr.onnx_export)
 DEFAULT_OPSET = 18
-# Engine H/W granularity: the backbone downsamples by 32.
+# Static engine H/W granularity: the backbone downsamples by 32. Dynamic engines take any size.
 SIZE_MULTIPLE = 32
 
 
@@ -60,7 +65,7 @@ class ExportOptions:
     checkpoint: Optional[Path] = None
     device: str = "cpu"
     dtype: str = "float32"
-    height: Optional[int] = None  # static size; None: the preset's default_engine_size()
+    height: Optional[int] = None  # static size; None (and not dynamic): the preset's default engine
     width: Optional[int] = None
     batch: int = 1
     dynamic: bool = False
@@ -104,8 +109,6 @@ class ExportOptions:
                     raise ExportError(f"--dynamic needs --{name.replace('_', '-')}")
             for lo, hi, what in ((self.min_height, self.max_height, "height"),
                                  (self.min_width, self.max_width, "width")):
-                _check_multiple(f"--min-{what}", lo)
-                _check_multiple(f"--max-{what}", hi)
                 minimum = min_dynamic_input_size(resolve_preset(self.preset))
                 if lo < minimum:
                     raise ExportError(f"--min-{what} {lo} is below {minimum}, the smallest dynamic size of preset "
@@ -221,21 +224,15 @@ def uses_padding_mask(meta: Dict[str, Any]) -> bool:
 # shapes
 # ----------------------------------------------------------------------------------------------
 def example_size(opts: ExportOptions) -> Tuple[int, int, int]:
-    """(B, H, W) of the trace inputs. Dynamic dims get example values that are not 0/1 and not the
-    bounds, so torch.export does not specialise them."""
+    """(B, H, W) of the trace inputs. Dynamic dims get the value halfway between their bounds (not
+    0/1, not a bound), so torch.export does not specialise them."""
     if opts.dynamic:
-        h = _inside(opts.min_height, opts.max_height)
-        w = _inside(opts.min_width, opts.max_width)
+        h = (opts.min_height + opts.max_height) // 2
+        w = (opts.min_width + opts.max_width) // 2
     else:
         h, w = opts.height, opts.width
     b = max(2, opts.min_batch) if opts.dynamic_batch else opts.batch
     return b, h, w
-
-
-def _inside(lo: int, hi: int) -> int:
-    """The multiple of 32 halfway between lo and hi: away from the bounds and from tiny sizes
-    whose 1x1 feature maps torch.export would specialise on."""
-    return max(lo, min(hi, (lo + hi) // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE))
 
 
 def example_inputs(opts: ExportOptions, uses_mask: bool) -> Tuple[torch.Tensor, ...]:
@@ -249,7 +246,7 @@ def example_inputs(opts: ExportOptions, uses_mask: bool) -> Tuple[torch.Tensor, 
 
 
 def dynamic_shapes_spec(opts: ExportOptions, uses_mask: bool) -> Optional[Dict[str, Dict[int, Any]]]:
-    """torch.export dynamic_shapes: H, W as 32 * Dim, batch as Dim (when asked)."""
+    """torch.export dynamic_shapes: H, W, batch as Dims (when asked)."""
     if not opts.dynamic and not opts.dynamic_batch:
         return None
     Dim = torch.export.Dim
@@ -259,10 +256,8 @@ def dynamic_shapes_spec(opts: ExportOptions, uses_mask: bool) -> Optional[Dict[s
         batch = Dim("batch", min=opts.min_batch, max=opts.max_batch)
         images[0] = masks[0] = batch
     if opts.dynamic:
-        h32 = Dim("h32", min=opts.min_height // SIZE_MULTIPLE, max=opts.max_height // SIZE_MULTIPLE)
-        w32 = Dim("w32", min=opts.min_width // SIZE_MULTIPLE, max=opts.max_width // SIZE_MULTIPLE)
-        images[2] = masks[1] = SIZE_MULTIPLE * h32
-        images[3] = masks[2] = SIZE_MULTIPLE * w32
+        images[2] = masks[1] = Dim("height", min=opts.min_height, max=opts.max_height)
+        images[3] = masks[2] = Dim("width", min=opts.min_width, max=opts.max_width)
     spec = {"images": images or None}
     if uses_mask:
         spec["masks"] = masks or None
@@ -288,9 +283,9 @@ def engine_resize(opts: ExportOptions, meta_pre: Dict[str, Any]) -> Tuple[Dict[s
                               f"H [{opts.min_height}, {opts.max_height}] W [{opts.min_width}, {opts.max_width}]; "
                               "widen the range or export a static engine")
     else:
-        # Largest padded size the preset's rule can produce (either orientation).
-        need = math.ceil(long_edge / SIZE_MULTIPLE) * SIZE_MULTIPLE
-        if max(opts.max_height, opts.max_width) < need:
+        # Largest padded side the preset's rule can produce (either orientation).
+        need = math.ceil(long_edge / pad["size_divisor"]) * pad["size_divisor"]
+        if min(opts.max_height, opts.max_width) < need:
             warnings.warn(f"dynamic range (max H {opts.max_height}, max W {opts.max_width}) is below the "
                           f"preset's largest padded side {need}: large images will not fit the engine",
                           stacklevel=2)
@@ -304,7 +299,7 @@ def input_block(opts: ExportOptions) -> Dict[str, Any]:
     return modeljson.input_geometry(dynamic=opts.dynamic, height=opts.height, width=opts.width,
                                     min_height=opts.min_height, max_height=opts.max_height,
                                     min_width=opts.min_width, max_width=opts.max_width,
-                                    multiple=SIZE_MULTIPLE, **batch)
+                                    multiple=1 if opts.dynamic else SIZE_MULTIPLE, **batch)
 
 
 def engine_io(opts: ExportOptions, uses_mask: bool, outputs: Tuple[torch.Tensor, ...]) -> Tuple[list, list]:
@@ -324,10 +319,15 @@ def engine_io(opts: ExportOptions, uses_mask: bool, outputs: Tuple[torch.Tensor,
 # export
 # ----------------------------------------------------------------------------------------------
 def trace(engine: nn.Module, args: Tuple[torch.Tensor, ...], dynamic_shapes) -> torch.export.ExportedProgram:
-    """torch.export.export with errors that say what to change."""
+    """torch.export.export with errors that say what to change.
+
+    Shape facts the symbolic engine cannot prove for every size (Swin's window views over nested
+    ceil-divisions, e.g. n % (12 n) != 0) become runtime asserts in the program instead of export
+    errors; a size that broke one would fail loudly at run time, never compute silently."""
     try:
         with torch.no_grad():
-            return torch.export.export(engine, args, dynamic_shapes=dynamic_shapes, strict=False)
+            return torch.export.export(engine, args, dynamic_shapes=dynamic_shapes, strict=False,
+                                       prefer_deferred_runtime_asserts_over_guards=True)
     except torch._dynamo.exc.UserError as exc:  # e.g. a Dim range the model cannot honour
         raise ExportError(f"torch.export rejected the dynamic shapes: {exc}") from exc
 
@@ -338,15 +338,18 @@ def program_outputs(program: torch.export.ExportedProgram) -> Tuple[torch.Tensor
     return tuple(arg.meta["val"] for arg in output_node.args[0])
 
 
-def default_engine_size(preset) -> Tuple[int, int]:
-    """Static (H, W) when none is given: the preset's fixed pad size (LSJ), else its resize scale
-    (long, short) as a landscape image rounded up to the multiple of 32 (1333x800 -> 800x1344)."""
+def default_engine(preset) -> Dict[str, Any]:
+    """The engine of an export without size options, exact for every preset: LSJ presets pad every
+    image to a fixed size -> a static engine of that size; otherwise a dynamic engine that takes
+    any image the preset's resize can produce, at its own size (H, W in [minimum, long edge])."""
+    from codetr.models import min_dynamic_input_size
+
     pipeline = preset.pipeline
     if pipeline.pad_size is not None:
-        return tuple(pipeline.pad_size)
-    long_edge, short_edge = max(pipeline.resize_scale), min(pipeline.resize_scale)
-    return (math.ceil(short_edge / SIZE_MULTIPLE) * SIZE_MULTIPLE,
-            math.ceil(long_edge / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        height, width = pipeline.pad_size
+        return {"height": height, "width": width}
+    low, high = min_dynamic_input_size(preset), max(pipeline.resize_scale)
+    return {"dynamic": True, "min_height": low, "max_height": high, "min_width": low, "max_width": high}
 
 
 def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -356,10 +359,13 @@ def export(opts: ExportOptions, *, log: Callable[[str], None] = print) -> Dict[s
     "size_bytes": int, plus format-specific counts}.
     """
     preset = resolve_preset(opts.preset)
-    if not opts.dynamic and (opts.height is None or opts.width is None):
-        default_h, default_w = default_engine_size(preset)
-        opts = dataclasses.replace(opts, height=default_h if opts.height is None else opts.height,
-                                   width=default_w if opts.width is None else opts.width)
+    if not opts.dynamic and opts.height is None and opts.width is None:
+        opts = dataclasses.replace(opts, **default_engine(preset))
+    elif not opts.dynamic and (opts.height is None or opts.width is None):
+        given = ("--height", opts.height) if opts.width is None else ("--width", opts.width)
+        _check_multiple(*given)
+        raise ExportError("a static engine needs both --height and --width (or neither: the preset's "
+                          "default engine)")
     opts.validate()
     meta = preset.to_metadata()
     resize_pad = engine_resize(opts, meta["preprocess"])  # refuses unusable ranges before any work

@@ -9,12 +9,9 @@ facts the exporter writes into model.json for the C++ runtime. ``Preset.replace(
 Facts read from the configs:
 * non-LSJ (``*_coco`` without ``lsj``, o365tococo): Resize(scale=(1333, 800) or (2048, 1280),
   keep_ratio=True); DetDataPreprocessor pads AFTER normalisation with 0; CoDETR(use_lsj=False)
-  keeps the padding mask. mmdet's effective pad_size_divisor is 1 (a batch is padded to its
-  largest image only). The presets pad to a multiple of 32 instead, because the exported engines
-  take H, W divisible by 32 (the eager model accepts any size, as mmdet does); the padding mask keeps
-  the query head on the valid region, but backbone convolutions and the neck's GroupNorm see
-  the zero padding, so results differ slightly from mmdet's unpadded single-image run
-  (``codetr.preprocess`` accepts ``pad_size_divisor=1`` for an exact mmdet pipeline).
+  keeps the padding mask. mmdet's effective pad_size_divisor is 1: a batch is padded to its
+  largest image only, a single image not at all. The presets say the same; a static engine
+  (``codetr export --height/--width``) pads to its own size instead, an explicit deviation.
 * LSJ: Resize(scale=(1024, 1024) r50 / (1280, 1280) swin, keep_ratio=True), then the pipeline's
   Pad(size=image_size, pad_val=114) on the uint8 image BEFORE normalisation; CoDETR(use_lsj=True)
   drops the padding mask (the whole padded input counts as valid).
@@ -157,7 +154,7 @@ class Preset:
 
 
 def _non_lsj(scale: Tuple[int, int]) -> PipelineConfig:
-    return PipelineConfig(resize_scale=scale, pad_size_divisor=32, pad_value=0.0,
+    return PipelineConfig(resize_scale=scale, pad_size_divisor=1, pad_value=0.0,
                           pad_stage="after_normalize", mask="padding")
 
 

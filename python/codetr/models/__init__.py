@@ -53,7 +53,7 @@ def set_cuda_fusions(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
 
 
 def min_dynamic_input_size(preset: "str | Preset") -> int:
-    """Smallest H or W (a multiple of 32) a dynamic-shape torch.export of ``preset`` can cover;
+    """Smallest H or W a dynamic-shape torch.export of ``preset`` can cover;
     the example input must be at least this large too. torch specialises size-1 dimensions, so
     every level must keep >= 2 pixels (ResNet: the stride-64 level -> 96 px) and, for Swin,
     >= 2 attention windows per axis at stride 32 (32 * (window + 1) px)."""
