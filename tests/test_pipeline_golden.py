@@ -1,8 +1,12 @@
 """End-to-end parity with mmdetection's own inference, from PNG file to final boxes in original
 pixels: mmdet's `init_detector` + `inference_detector` (official test pipeline, data preprocessor
 and query-head test_cfg with soft-NMS) produced tests/fixtures/golden/pipeline_<name>.*
-(procedure: tests/fixtures/README.md, "Pipeline fixtures"). Here codetr's eager path on the same
-files: cv2.imread -> codetr.preprocess -> model -> codetr.postprocess.
+(procedure: tests/fixtures/README.md, "Pipeline fixtures"). Here, on the same files:
+* codetr's eager path: cv2.imread -> codetr.preprocess -> model -> codetr.postprocess;
+* the deployed path: the preset's default engine (`codetr export` without size options: a dynamic
+  engine for the non-LSJ tiny_r50, a static one at the LSJ pad size for tiny_swin), run by the C++
+  runtime through `codetr.Detector` and through `codetr-detect`; fp32 on the CPU, and on the GPU
+  when there is one.
 
 Bar: the same number of detections above score 0.05, and a one-to-one matching of them with the
 same label, |score difference| <= 1e-4 and IoU >= 0.999. Matching (instead of comparing position
@@ -11,12 +15,14 @@ the fixture json records the smallest gap between consecutive scores (~4e-6).
 """
 import json
 import os
+import subprocess
 
 import cv2
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import codetr
 from codetr.models import build_model
 from codetr.postprocess import postprocess
 from codetr.precision import box_iou
@@ -27,10 +33,8 @@ IMAGES = ("odd_517x333", "portrait_301x479")
 SCORE_THR = 0.05
 MAX_SCORE_DIFF = 1e-4
 MIN_IOU = 0.999
-# mmdet's batch padding per config: the non-LSJ DetDataPreprocessor pads with pad_size_divisor=1
-# (one image alone is fed at exactly its resized size); the LSJ pipeline pads every image to
-# 1280x1280 in its Pad transform, which is the tiny_swin preset's own rule.
-PREPROCESS_KWARGS = {"tiny_r50": {"pad_size_divisor": 1}, "tiny_swin": {}}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                  reason="needs a CUDA GPU"))]
 
 
 def _reference(name):
@@ -73,7 +77,7 @@ def test_pipeline_matches_mmdet_inference(name, impl):
         path = os.path.join(GOLDEN, "images", f"{stem}.png")
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         assert image is not None, f"cannot read {path}"
-        batch, masks, metas = preprocess([image], name, **PREPROCESS_KWARGS[name])
+        batch, masks, metas = preprocess([image], name)  # the presets pad exactly as mmdet
         meta = metas[0]
         # preprocessing: same resized size, scale factors and network input size as mmdet
         assert tuple(meta["ori_shape"]) == tuple(info["images"][stem]["metainfo"]["ori_shape"]), where
@@ -85,3 +89,61 @@ def test_pipeline_matches_mmdet_inference(name, impl):
             boxes, scores, labels = model(batch, masks)
         got = postprocess(boxes, scores, labels, metas, name)[0]
         _match(got, ref[f"{stem}_boxes"], ref[f"{stem}_scores"], ref[f"{stem}_labels"], where)
+
+
+@pytest.fixture(scope="module")
+def default_engines(tmp_path_factory):
+    """(preset, device) -> model dir of `codetr export --preset P --checkpoint <fixture>` (no size
+    options: the preset's default engine), exported on first use."""
+    from codetr.export import ExportOptions, export
+
+    made = {}
+
+    def get(name, device):
+        if (name, device) not in made:
+            out = tmp_path_factory.mktemp(f"{name}_{device}_default")
+            export(ExportOptions(preset=name, checkpoint=os.path.join(GOLDEN, f"{name}.safetensors"),
+                                 output=out, device=device), log=lambda line: None)
+            made[name, device] = out
+        return made[name, device]
+    return get
+
+
+def _as_found(boxes, scores, labels):
+    return {"bboxes": torch.as_tensor(boxes, dtype=torch.float32), "scores": torch.as_tensor(scores),
+            "labels": torch.as_tensor(labels, dtype=torch.int64)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["tiny_r50", "tiny_swin"])
+def test_default_engine_through_the_runtime_matches_mmdet_inference(name, device, default_engines):
+    model_dir = default_engines(name, device)
+    spec = json.loads((model_dir / "model.json").read_text())
+    assert spec["input"]["dynamic"] == (name == "tiny_r50")
+    ref, _ = _reference(name)
+    detector = codetr.Detector(model_dir)
+    for stem in IMAGES:
+        image = cv2.imread(os.path.join(GOLDEN, "images", f"{stem}.png"), cv2.IMREAD_COLOR)
+        dets = detector.detect(image)
+        _match(_as_found(dets.boxes, dets.scores, dets.labels), ref[f"{stem}_boxes"], ref[f"{stem}_scores"],
+               ref[f"{stem}_labels"], f"{name}/{device}/engine/{stem}")
+
+
+@pytest.mark.parametrize("name", ["tiny_r50", "tiny_swin"])
+def test_default_engine_through_codetr_detect_matches_mmdet_inference(name, default_engines, tmp_path):
+    from runtime_standin import require_opencv_cli
+
+    cli = require_opencv_cli()
+    model_dir = default_engines(name, "cpu")
+    paths = [os.path.join(GOLDEN, "images", f"{stem}.png") for stem in IMAGES]
+    out = tmp_path / "detections.jsonl"
+    proc = subprocess.run([str(cli), "--model", str(model_dir), "--jsonl", str(out), *paths],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    records = {os.path.basename(r["file"]): r for r in map(json.loads, out.read_text().splitlines())}
+    ref, _ = _reference(name)
+    for stem in IMAGES:
+        dets = records[f"{stem}.png"]["detections"]
+        found = _as_found(torch.tensor([d["bbox"] for d in dets]).reshape(-1, 4),  # xyxy, original pixels
+                          torch.tensor([d["score"] for d in dets]), [d["label"] for d in dets])
+        _match(found, ref[f"{stem}_boxes"], ref[f"{stem}_scores"], ref[f"{stem}_labels"], f"{name}/cli/{stem}")
