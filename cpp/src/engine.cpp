@@ -3,6 +3,7 @@
 #include <cstring>
 #include <sstream>
 
+#include <ATen/Context.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 #include "cuda_graph.h"
@@ -216,6 +217,14 @@ Engine::Engine(const std::string& package, const ModelConfig& config, const std:
     throw Error(package + " records no '" + std::string(core::kEngineContractKey) +
                 "' (what it was compiled for): it was not written by this codetr's export; re-export the model");
   core::check_engine_contract(contract->second, config, package, model_json);
+  // A float32 engine computes in IEEE float32, as mmdetection's CPU reference does: libtorch lets
+  // cuDNN convolutions use TF32 (10-bit mantissa) by default, enough to change which encoder
+  // proposals a Co-DINO selects. Process-wide (libtorch has one switch); float16/bfloat16 engines
+  // are the fast path and are left alone.
+  if (device.is_cuda() && config.dtype == "float32") {
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
   if (cuda_graphs) graph_ = std::make_unique<CudaGraphRunner>(*loader_, device_);
 }
 
