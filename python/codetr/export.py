@@ -436,6 +436,10 @@ def export_aoti(opts: ExportOptions, model: nn.Module, uses_mask: bool, args, pr
     progress.log(f"[codetr export] graph: {len(program.graph.nodes)} nodes, "
                  f"{msda_nodes} codetr::ms_deform_attn calls")
     package = Path(opts.output) / "model.pt2"
+    if opts.dynamic and resolve_preset(opts.preset).model.backbone.type == "swin":
+        progress.log("[codetr export] note: a size-dynamic Swin engine compiles slowly (AOTInductor works through "
+                     "the window layout's symbolic sizes: tens of minutes even for the reduced tiny_swin on a small CPU); "
+                     "--height/--width export the fast static engine instead (docs/export.md)")
     # The package records what it is compiled for; the runtime refuses a model.json that differs.
     inputs_spec, outputs_spec = engine_io(opts, uses_mask, outputs)
     contract = modeljson.engine_contract(opts.dtype, input_block(opts), inputs_spec, outputs_spec)
