@@ -148,3 +148,27 @@ def test_one_detector_serves_concurrent_threads(tmp_path):
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.scores, b.scores)
         np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_pixel_limit_reads_png_and_jpeg_headers_before_decoding():
+    """codetr-detect's --max-pixels rule, shared by codetr.runtime.decode_image (serve, batch): the
+    size a PNG/JPEG header declares is checked before any decoder runs."""
+    import zlib
+
+    from codetr.runtime import decode_image
+
+    img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    for ext in (".png", ".jpg"):
+        data = cv2.imencode(ext, img)[1].tobytes()
+        assert runtime.pixel_limit_error(data, 37 * 53) == ""
+        assert runtime.pixel_limit_error(data, 37 * 53 - 1) == \
+            f"the image is 53x37 = {37 * 53} pixels, over the limit of {37 * 53 - 1}"
+        assert decode_image(data).shape == (37, 53, 3)
+    # A 27-byte PNG start whose header claims 60000x60000: refused from the header, never decoded.
+    ihdr = b"IHDR" + (60000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    bomb = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
+    with pytest.raises(ValueError, match=f"60000x60000 = 3600000000 pixels, over the limit of {runtime.default_max_pixels}"):
+        decode_image(bomb)
+    assert runtime.pixel_limit_error(b"not an image", 1) == ""  # unknown format: left to the decoder
+    with pytest.raises(ValueError, match="cannot decode 12 bytes as an image"):
+        decode_image(b"not an image")

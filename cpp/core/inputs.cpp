@@ -6,6 +6,38 @@
 
 namespace codetr::core {
 
+namespace {
+
+uint32_t be32(const unsigned char* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
+
+}  // namespace
+
+std::pair<int64_t, int64_t> declared_image_size(const std::string& head) {
+  const auto* d = reinterpret_cast<const unsigned char*>(head.data());
+  const size_t n = head.size();
+  if (n >= 24 && head.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0) return {be32(d + 20), be32(d + 16)};
+  if (n >= 4 && d[0] == 0xFF && d[1] == 0xD8) {
+    // Walk the JPEG segments to the first start-of-frame marker (SOF0..SOF15 but DHT/JPG/DAC).
+    size_t i = 2;
+    while (i + 9 < n) {
+      if (d[i] != 0xFF) return {0, 0};
+      const unsigned char marker = d[i + 1];
+      const size_t length = (size_t(d[i + 2]) << 8) | d[i + 3];
+      if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC)
+        return {(int64_t(d[i + 5]) << 8) | d[i + 6], (int64_t(d[i + 7]) << 8) | d[i + 8]};
+      i += 2 + length;
+    }
+  }
+  return {0, 0};
+}
+
+std::string pixel_limit_error(const std::string& head, int64_t max_pixels) {
+  const auto [h, w] = declared_image_size(head);
+  if (h * w <= max_pixels) return "";
+  return "the image is " + std::to_string(w) + "x" + std::to_string(h) + " = " + std::to_string(h * w) +
+         " pixels, over the limit of " + std::to_string(max_pixels);
+}
+
 const std::set<std::string>& image_extensions() {
   static const std::set<std::string> exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"};
   return exts;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace codetr::core {
@@ -19,5 +20,17 @@ bool is_image_name(const std::string& path, const std::set<std::string>& extensi
 // these numbers are distinct (COCO's 000000000139.jpg -> 139), those numbers; otherwise the
 // positions 0..n-1. Either way every image gets its own id.
 std::vector<int64_t> image_ids(const std::vector<std::string>& files);
+
+// Pixels an image may declare before anything decodes it (codetr-detect --max-pixels; the Python
+// service and batch job apply it too): decoding allocates 3 bytes per pixel up front.
+constexpr int64_t kDefaultMaxPixels = 100'000'000;
+
+// The (height, width) a PNG or JPEG header declares; {0, 0} when `head` (the file's first bytes)
+// holds neither.
+std::pair<int64_t, int64_t> declared_image_size(const std::string& head);
+
+// "the image is WxH = N pixels, over the limit of M" when the header declares more than
+// `max_pixels`, else "".
+std::string pixel_limit_error(const std::string& head, int64_t max_pixels);
 
 }  // namespace codetr::core

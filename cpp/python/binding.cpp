@@ -137,6 +137,13 @@ PYBIND11_MODULE(_runtime, m) {
       "Whether codetr-detect takes `path` from a directory INPUT (its extension, any case).");
   m.def("image_ids", &core::image_ids, py::arg("files"),
         "codetr-detect's image_id of each file of the expanded input list.");
+  m.attr("default_max_pixels") = core::kDefaultMaxPixels;
+  m.def(
+      "pixel_limit_error",
+      [](const py::bytes& head, int64_t max_pixels) { return core::pixel_limit_error(head, max_pixels); },
+      py::arg("head"), py::arg("max_pixels"),
+      "codetr-detect's --max-pixels rule on an encoded image's first bytes (PNG/JPEG header): the "
+      "error message, or '' when the declared size is within the limit or unknown.");
 
   m.def(
       "validate_engine_inputs",

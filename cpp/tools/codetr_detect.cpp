@@ -83,7 +83,7 @@ struct Args {
   std::string json;
   std::string jsonl;
   bool clip = false;
-  int64_t max_pixels = 100'000'000;
+  int64_t max_pixels = codetr::core::kDefaultMaxPixels;
   bool allow_truncated = false;
   int64_t stride = 1, start = 0, end = -1;
   bool no_drop = false;

@@ -38,29 +38,6 @@ const std::set<std::string>& image_extensions() { return core::image_extensions(
 
 namespace {
 
-uint32_t be32(const unsigned char* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
-
-// The pixel size a PNG or JPEG header declares (0x0 when not found or another format): checked
-// against ReadOptions::max_pixels before anything is decoded.
-std::pair<int64_t, int64_t> declared_size(const std::string& head) {
-  const auto* d = reinterpret_cast<const unsigned char*>(head.data());
-  const size_t n = head.size();
-  if (n >= 24 && head.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0) return {be32(d + 20), be32(d + 16)};
-  if (n >= 4 && d[0] == 0xFF && d[1] == 0xD8) {
-    // Walk the JPEG segments to the first start-of-frame marker (SOF0..SOF15 but DHT/JPG/DAC).
-    size_t i = 2;
-    while (i + 9 < n) {
-      if (d[i] != 0xFF) return {0, 0};
-      const unsigned char marker = d[i + 1];
-      const size_t length = (size_t(d[i + 2]) << 8) | d[i + 3];
-      if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC)
-        return {(int64_t(d[i + 5]) << 8) | d[i + 6], (int64_t(d[i + 7]) << 8) | d[i + 8]};
-      i += 2 + length;
-    }
-  }
-  return {0, 0};
-}
-
 // A JPEG ends with its end-of-image marker (FF D9), possibly followed by a little padding; one cut
 // short (a truncated download) has none, and libjpeg only warns while decoding it partially.
 bool jpeg_has_end_marker(std::ifstream& in, int64_t size) {
@@ -90,10 +67,8 @@ bool read_image(const std::string& path, const ReadOptions& options, BgrImage& i
     error = "cannot read the file";
     return false;
   }
-  const auto [h, w] = declared_size(head);
-  if (h * w > options.max_pixels) {
-    error = "the image is " + std::to_string(w) + "x" + std::to_string(h) + " = " + std::to_string(h * w) +
-            " pixels, over the limit of " + std::to_string(options.max_pixels) + " (--max-pixels)";
+  if (std::string over = core::pixel_limit_error(head, options.max_pixels); !over.empty()) {
+    error = over + " (--max-pixels)";
     return false;
   }
   const bool jpeg = head.size() >= 2 && static_cast<unsigned char>(head[0]) == 0xFF && static_cast<unsigned char>(head[1]) == 0xD8;

@@ -73,17 +73,17 @@ def finished_files(output: Path) -> Set[str]:
 
 def _decode(batch: Dict[str, np.ndarray]) -> Dict[str, list]:
     """Ray Data CPU task: read and decode each image; a failure is carried as an error string."""
-    import cv2
+    from codetr.runtime import decode_image
 
     images, errors = [], []
     for path in batch["file"]:
-        img = None
+        img, err = None, ""
         try:
-            data = np.fromfile(str(path), dtype=np.uint8)
-            img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-            err = "" if img is not None else "cannot decode image"
+            img = decode_image(Path(path).read_bytes())
         except OSError as exc:
             err = f"cannot read: {exc.strerror or exc}"
+        except ValueError as exc:
+            err = str(exc)
         images.append(img if img is not None else np.zeros((0, 0, 3), np.uint8))
         errors.append(err)
     return {"file": list(batch["file"]), "image_id": list(batch["image_id"]), "image": images, "error": errors}

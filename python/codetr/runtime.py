@@ -20,6 +20,23 @@ import numpy as np
 from codetr._native import runtime
 
 
+def decode_image(data: bytes, max_pixels: int = runtime.default_max_pixels) -> np.ndarray:
+    """Encoded image bytes (any format OpenCV reads) -> BGR uint8 HxWx3, under codetr-detect's
+    --max-pixels rule: a PNG/JPEG header declaring more pixels is refused before anything is
+    decoded. ValueError naming the problem."""
+    import cv2
+
+    if not data:
+        raise ValueError("empty image data")
+    over = runtime.pixel_limit_error(bytes(data[:65536]), max_pixels)
+    if over:
+        raise ValueError(over)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot decode {len(data)} bytes as an image")
+    return img
+
+
 @dataclass
 class Detections:
     """One image's detections, in original-image pixels."""

@@ -76,18 +76,6 @@ def parse_image_id(text: str) -> int:
     return value
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> BGR uint8 HxWx3; ValueError naming the problem."""
-    import cv2
-
-    if not data:
-        raise ValueError("empty request body (POST the image bytes)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"cannot decode the {len(data)}-byte body as an image")
-    return img
-
-
 def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.0, max_batch: Optional[int] = None,
               batch_wait_ms: float = 10.0, device: Optional[str] = None):
     """The Serve application (bind()-ed deployment) for ``serve.run``."""
@@ -126,7 +114,7 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
             return results
 
         async def __call__(self, request: Request):
-            from codetr.runtime import result_record
+            from codetr.runtime import decode_image, result_record
 
             if request.method == "GET" and request.url.path.rstrip("/").endswith("/health"):
                 return PlainTextResponse("ok\n")
@@ -151,6 +139,8 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
                     data = await uploads[0].read()
                 else:
                     data = await request.body()
+                if not data:
+                    raise ValueError("empty request body (POST the image bytes)")
                 img = decode_image(data)
                 dets = await self._detect_batch(img)
                 if isinstance(dets, Exception):
