@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 import codetr
 from codetr.models import build_model
 from codetr.postprocess import postprocess
-from codetr.precision import box_iou
+from codetr.precision import box_iou, match_detections
 from codetr.preprocess import preprocess
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
@@ -53,18 +53,18 @@ def _match(got, ref_boxes, ref_scores, ref_labels, where):
         f"{where}: {int(keep_got.sum())} detections above {SCORE_THR}, mmdet has {int(keep_ref.sum())}"
     rb, rs, rl = ref_boxes[keep_ref], ref_scores[keep_ref], ref_labels[keep_ref]
     gb, gs, gl = got["bboxes"][keep_got], got["scores"][keep_got], got["labels"][keep_got]
-    iou = box_iou(rb.double(), gb.double())
-    ok = (rl[:, None] == gl[None, :]) & ((rs[:, None].double() - gs[None, :].double()).abs() <= MAX_SCORE_DIFF)
-    iou = torch.where(ok, iou, torch.full_like(iou, -1.0))
-    used = torch.zeros(len(gs), dtype=torch.bool)
-    for i in range(len(rs)):  # mmdet's order: highest scores first
-        cand = iou[i].masked_fill(used, -1.0)
-        j = int(cand.argmax())
-        assert cand[j] >= MIN_IOU, (
-            f"{where}: mmdet detection {i} (label {int(rl[i])}, score {float(rs[i]):.6f}, box {rb[i].tolist()}) "
-            f"has no unmatched codetr detection with the same label, |score diff| <= {MAX_SCORE_DIFF} "
-            f"and IoU >= {MIN_IOU} (best {float(cand[j]):.6f})")
-        used[j] = True
+    # mmdet's order: highest scores first
+    pairs = match_detections(rb, rl, gb, gl, MIN_IOU, ref_scores=rs, out_scores=gs, max_score_diff=MAX_SCORE_DIFF)
+    matched = {r for r, _ in pairs}
+    missing = [i for i in range(len(rs)) if i not in matched]
+    if missing:
+        i = missing[0]
+        same_label = gl == rl[i]
+        best = float(box_iou(rb[i:i + 1].double(), gb[same_label].double()).max()) if same_label.any() else 0.0
+        raise AssertionError(
+            f"{where}: {len(missing)} of {len(rs)} mmdet detections unmatched; first: detection {i} (label "
+            f"{int(rl[i])}, score {float(rs[i]):.6f}, box {rb[i].tolist()}) has no unmatched codetr detection with "
+            f"the same label, |score diff| <= {MAX_SCORE_DIFF} and IoU >= {MIN_IOU} (best same-label IoU {best:.6f})")
 
 
 @pytest.mark.parametrize("impl", ["pytorch", "op"])

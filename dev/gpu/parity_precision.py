@@ -9,7 +9,6 @@ score, and the largest score difference of those pairs. One JSON line per (prese
   python3 dev/gpu/parity_precision.py OUT_DIR
 """
 import json
-import os
 import sys
 import tempfile
 import time
@@ -23,26 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python"))
 import codetr  # noqa: E402
 from codetr.export import ExportOptions, export  # noqa: E402
-from codetr.precision import box_iou  # noqa: E402
+from codetr.precision import match_detections  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "fixtures" / "golden"
 IMAGES = ("odd_517x333", "portrait_301x479")
 
 
 def pairs(ref_boxes, ref_scores, ref_labels, boxes, scores, labels, min_iou, max_score_diff):
-    """Greedy one-to-one matching in mmdet's (score) order; returns the matched score differences."""
-    iou = box_iou(ref_boxes.double(), boxes.double())
-    diff = (ref_scores[:, None].double() - scores[None, :].double()).abs()
-    ok = (ref_labels[:, None] == labels[None, :]) & (diff <= max_score_diff) & (iou >= min_iou)
-    used = torch.zeros(len(scores), dtype=torch.bool)
-    got = []
-    for i in range(len(ref_scores)):
-        cand = ok[i] & ~used
-        if cand.any():
-            j = int(torch.where(cand, iou[i], torch.full_like(iou[i], -1)).argmax())
-            used[j] = True
-            got.append(float(diff[i, j]))
-    return got
+    """One-to-one matching in mmdet's (score) order; returns the matched score differences."""
+    matched = match_detections(ref_boxes, ref_labels, boxes, labels, min_iou, ref_scores=ref_scores,
+                               out_scores=scores, max_score_diff=max_score_diff)
+    return [abs(float(ref_scores[i]) - float(scores[j])) for i, j in matched]
 
 
 def main(out_dir: Path) -> None:

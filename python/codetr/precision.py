@@ -60,12 +60,17 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def match_detections(ref_boxes: torch.Tensor, ref_labels: torch.Tensor, out_boxes: torch.Tensor,
-                     out_labels: torch.Tensor, iou_threshold: float) -> List[Tuple[int, int]]:
+                     out_labels: torch.Tensor, iou_threshold: float, *, ref_scores: Optional[torch.Tensor] = None,
+                     out_scores: Optional[torch.Tensor] = None,
+                     max_score_diff: Optional[float] = None) -> List[Tuple[int, int]]:
     """Greedy one-to-one matching of two detection lists: each reference detection in the given
     order (pass them by descending score) takes the unused other detection of the same label with
-    the highest IoU, if that IoU >= ``iou_threshold``. Returns (reference index, other index) pairs."""
+    the highest IoU, if that IoU >= ``iou_threshold`` (and, with ``max_score_diff``, their scores
+    differ by at most that). Returns (reference index, other index) pairs."""
     iou = box_iou(ref_boxes.double(), out_boxes.double())
     candidates = (ref_labels[:, None] == out_labels[None, :]) & (iou >= iou_threshold)
+    if max_score_diff is not None:
+        candidates &= (ref_scores[:, None].double() - out_scores[None, :].double()).abs() <= max_score_diff
     iou = torch.where(candidates, iou, torch.full_like(iou, -1.0))
     used = torch.zeros(out_boxes.shape[0], dtype=torch.bool)
     matched = []
