@@ -204,3 +204,19 @@ def test_examples_run(exported_tiny_package):
     first = proc.stdout.splitlines()[0]
     assert first.endswith("detections") and int(first.split()[0]) == len(codetr.Detector(exported_tiny_package)
                                                                           .detect(cv2.imread(str(DEMO))))
+
+
+def test_detect_each_isolates_a_bad_image(exported_tiny_package, images):
+    """Detector.detect_each (serve and batch call it): a batch holding an image the runtime refuses
+    (too thin to resize) costs only that image; the others equal their results alone."""
+    det = codetr.Detector(exported_tiny_package)
+    good = [img for _, img in images[:2]]
+    thin = np.zeros((1, 4000, 3), np.uint8)
+    with pytest.raises(ValueError):
+        det.detect([good[0], thin, good[1]])
+    results = det.detect_each([good[0], thin, good[1]])
+    assert isinstance(results[1], ValueError) and "too thin" in str(results[1])
+    for got, img in zip((results[0], results[2]), good):
+        want = det.detect(img)
+        assert np.array_equal(got.boxes, want.boxes) and np.array_equal(got.scores, want.scores)
+        assert np.array_equal(got.labels, want.labels)

@@ -103,15 +103,12 @@ class _EngineActor:
         records = []
         good = [i for i, e in enumerate(batch["error"]) if not e]
         dets = {}
-        try:
-            dets = dict(zip(good, self.det.detect([batch["image"][i] for i in good]))) if good else {}
-        except ValueError:
-            # One bad image must not cost the others: retry the batch image by image.
-            for i in good:
-                try:
-                    dets[i] = self.det.detect(batch["image"][i])
-                except ValueError as exc:
-                    batch["error"][i] = str(exc)
+        # One bad image must not cost the others: detect_each gives it its error.
+        for i, result in zip(good, self.det.detect_each([batch["image"][i] for i in good]) if good else []):
+            if isinstance(result, ValueError):
+                batch["error"][i] = str(result)
+            else:
+                dets[i] = result
         for i, (f, iid) in enumerate(zip(batch["file"], batch["image_id"])):
             img = batch["image"][i]
             h, w = (int(img.shape[0]), int(img.shape[1])) if i in dets else (0, 0)

@@ -20,14 +20,14 @@ import numpy as np
 from codetr._native import runtime
 
 
-def decode_image(data: bytes, max_pixels: int = runtime.default_max_pixels) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = runtime.default_max_pixels, what: str = "image data") -> np.ndarray:
     """Encoded image bytes (any format OpenCV reads) -> BGR uint8 HxWx3, under codetr-detect's
     --max-pixels rule: a PNG/JPEG header declaring more pixels is refused before anything is
-    decoded. ValueError naming the problem."""
+    decoded. ValueError naming the problem (``what``: how an empty input is called)."""
     import cv2
 
     if not data:
-        raise ValueError("empty image data")
+        raise ValueError(f"empty {what}")
     over = runtime.pixel_limit_error(bytes(data[:65536]), max_pixels)
     if over:
         raise ValueError(over)
@@ -107,6 +107,22 @@ class Detector:
         batch = [images] if single else list(images)
         results = [self._wrap(r) for r in self._impl.detect(batch, order)]
         return results[0] if single else results
+
+    def detect_each(self, images: Sequence[np.ndarray], order: str = "bgr") -> List[Union[Detections, ValueError]]:
+        """detect() on a list where a bad image costs only itself (codetr-detect's batch rule): when
+        the batched call fails, every image is run alone and a failing one gets its ValueError in
+        its place."""
+        images = list(images)
+        try:
+            return self.detect(images, order)
+        except ValueError:
+            results: List[Union[Detections, ValueError]] = []
+            for image in images:
+                try:
+                    results.append(self.detect(image, order))
+                except ValueError as exc:
+                    results.append(exc)
+            return results
 
     def detect_timed(self, images: Sequence[np.ndarray], order: str = "bgr"):
         """detect() plus the wall time of each stage (ms; the device is synchronised per stage)."""

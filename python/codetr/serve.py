@@ -101,17 +101,8 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
         async def _detect_batch(self, images: List[np.ndarray]):
             self.metrics.observe_batch(len(images))
             # The binding releases the GIL: run the engine off the event loop so requests keep arriving.
-            try:
-                results = await asyncio.to_thread(self.det.detect, list(images))
-            except ValueError:
-                # One bad image must not fail the batch: the others are detected one by one.
-                results = []
-                for img in images:
-                    try:
-                        results.append(await asyncio.to_thread(self.det.detect, img))
-                    except ValueError as exc:
-                        results.append(exc)
-            return results
+            # One bad image must not fail the batch: detect_each gives it its error.
+            return await asyncio.to_thread(self.det.detect_each, list(images))
 
         async def __call__(self, request: Request):
             from codetr.runtime import decode_image, result_record
@@ -139,9 +130,7 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
                     data = await uploads[0].read()
                 else:
                     data = await request.body()
-                if not data:
-                    raise ValueError("empty request body (POST the image bytes)")
-                img = decode_image(data)
+                img = decode_image(data, what="request body (POST the image bytes)")
                 dets = await self._detect_batch(img)
                 if isinstance(dets, Exception):
                     raise dets
