@@ -225,6 +225,46 @@ def test_cli_reports_bad_images_and_processes_the_others(cli, package, tmp_path)
     assert names == {"good.png"}
 
 
+def test_detect_each_gives_a_bad_image_its_own_error(package):
+    """Detector::detect_each (codetr-detect, run_stream, serve and batch call it), through the
+    binding: in a list holding an image the Detector refuses (too thin for the resize scale) and an
+    array that is not an image, each of those gets the error detect() gives it alone; the others,
+    in order, exactly the detections detect() gives them alone, which match the Python reference."""
+    import codetr
+
+    cfg = json.loads((package / "model.json").read_text())
+    paths = sorted(DATA.iterdir()) + [DEMO]  # 4 images on a batch-2 engine
+    goods = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    thin = np.zeros((1, 4000, 3), np.uint8)
+    not_uint8 = goods[0].astype(np.float32)
+    det = codetr.Detector(package)
+    with pytest.raises(codetr.Error, match="too thin"):
+        det.detect([goods[0], thin, goods[1]])  # the batched call fails: detect_each must retry
+
+    results = det.detect_each([goods[0], thin, goods[1], not_uint8, goods[2], goods[3]])
+    assert len(results) == 6
+    for got, bad in ((results[1], thin), (results[3], not_uint8)):
+        with pytest.raises(codetr.Error) as alone:
+            det.detect(bad)
+        assert isinstance(got, codetr.Error) and str(got) == str(alone.value)
+    assert "too thin" in str(results[1]) and "expected a uint8 array" in str(results[3])
+    reference = reference_detections([[p] for p in paths], cfg, cfg["postprocess"])
+    for path, img, got in zip(paths, goods, (results[0], results[2], results[4], results[5])):
+        want = det.detect(img)
+        assert np.array_equal(got.boxes, want.boxes) and np.array_equal(got.scores, want.scores), path.name
+        assert np.array_equal(got.labels, want.labels), path.name
+        ref_boxes, ref_scores, ref_labels = reference[path.name]
+        assert len(got) > 0 and got.labels.tolist() == ref_labels.tolist(), path.name
+        torch.testing.assert_close(torch.from_numpy(got.boxes), ref_boxes, rtol=1e-3, atol=1e-3, msg=path.name)
+        torch.testing.assert_close(torch.from_numpy(got.scores), ref_scores, rtol=1e-4, atol=1e-5)
+
+    # Without a failure: the batched detect()'s results.
+    for got, want in zip(det.detect_each(goods), det.detect(goods)):
+        assert np.array_equal(got.boxes, want.boxes) and np.array_equal(got.scores, want.scores)
+        assert np.array_equal(got.labels, want.labels)
+    assert det.detect_each([]) == []
+
+
 def test_cli_refuses_missing_or_mismatched_model_dirs(cli, package, tmp_path):
     image = DATA / "shapes_200x150.png"
     proc = run_cli(cli, "--model", tmp_path / "nope", image, check_rc=2)

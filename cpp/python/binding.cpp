@@ -274,6 +274,35 @@ PYBIND11_MODULE(_runtime, m) {
           py::arg("images"), py::arg("order") = "bgr", py::arg("timed") = false,
           "images: list of uint8 HxWx3 arrays -> list of (boxes (N,4) float32, scores (N,), labels (N,) int64)")
       .def(
+          "detect_each",
+          [](const Detector& self, const std::vector<py::array>& images, const std::string& order) {
+            const PixelOrder pixel_order = order_of(order);
+            // An array that is not an image fails alone, with the message detect() on it alone gives;
+            // the images go to Detector::detect_each.
+            std::vector<DetectOutcome> outcomes(images.size());
+            std::vector<ImageView> views;
+            std::vector<size_t> positions;
+            for (size_t i = 0; i < images.size(); ++i) {
+              try {
+                views.push_back(view_of(images[i], pixel_order, 0));
+                positions.push_back(i);
+              } catch (const Error& e) {
+                outcomes[i].error = e.what();
+              }
+            }
+            {
+              py::gil_scoped_release release;
+              std::vector<DetectOutcome> detected = self.detect_each(views);
+              for (size_t k = 0; k < positions.size(); ++k) outcomes[positions[k]] = std::move(detected[k]);
+            }
+            py::list out;
+            for (const DetectOutcome& o : outcomes)
+              out.append(o.error.empty() ? py::object(detections_arrays(o.detections)) : py::object(py::str(o.error)));
+            return out;
+          },
+          py::arg("images"), py::arg("order") = "bgr",
+          "Detector::detect_each: images -> per image (boxes, scores, labels), or its error message (str)")
+      .def(
           "run_stream",
           [](const Detector& self, py::iterator frames, py::function on_result, const std::string& order,
              size_t queue_depth, size_t batch) {

@@ -209,4 +209,26 @@ std::vector<std::vector<Detection>> Detector::detect_impl(const std::vector<Imag
 
 std::vector<Detection> Detector::detect(const ImageView& image) const { return detect(std::vector<ImageView>{image})[0]; }
 
+std::vector<DetectOutcome> Detector::detect_each(const std::vector<ImageView>& images) const {
+  std::vector<DetectOutcome> outcomes(images.size());
+  try {
+    std::vector<std::vector<Detection>> results = detect(images);
+    for (size_t i = 0; i < images.size(); ++i) outcomes[i].detections = std::move(results[i]);
+    return outcomes;
+  } catch (const std::exception&) {
+    // Which image failed (validation, a non-finite output) or whether the whole call did (an
+    // out-of-memory batch) is not known here: running each alone attributes every error to its
+    // own image and still gives the others their results.
+  }
+  for (size_t i = 0; i < images.size(); ++i) {
+    try {
+      outcomes[i].detections = detect(images[i]);
+    } catch (const std::exception& e) {
+      const std::string message = e.what();
+      outcomes[i].error = message.empty() ? "detect failed" : message;  // empty would read as success
+    }
+  }
+  return outcomes;
+}
+
 }  // namespace codetr

@@ -60,8 +60,7 @@ class BoundedQueue {
 
 struct Done {
   Frame frame;
-  std::vector<Detection> detections;
-  std::string error;
+  DetectOutcome outcome;
 };
 
 }  // namespace
@@ -94,45 +93,28 @@ StreamStats Detector::run_stream(const FrameSource& source, const FrameSink& sin
       if (items.empty()) break;
       Done& d = items.front();
       ++stats.frames;
-      if (!d.error.empty()) ++stats.failed;
+      if (!d.outcome.error.empty()) ++stats.failed;
       // After a sink failure the frames are still drained so the other stages can finish.
       if (sink_error) continue;
       try {
-        sink(d.frame, d.detections, d.error);
+        sink(d.frame, d.outcome.detections, d.outcome.error);
       } catch (...) {
         sink_error = std::current_exception();
       }
     }
   });
 
-  // The detect stage, on this thread: consecutive frames in batches; a failed batch is retried
-  // frame by frame so only the bad frame carries the error.
+  // The detect stage, on this thread: consecutive frames in batches; detect_each gives a frame
+  // that fails its own error and the others their detections.
   for (;;) {
     decoded.wait_for(batch);
     std::vector<Frame> frames = decoded.pop_up_to(batch);
     if (frames.empty()) break;
     std::vector<ImageView> views;
     for (const Frame& f : frames) views.push_back(f.image);
-    std::vector<std::vector<Detection>> results;
-    bool batch_ok = true;
-    try {
-      results = detect(views);
-    } catch (const std::exception&) {
-      batch_ok = false;
-    }
-    for (size_t i = 0; i < frames.size(); ++i) {
-      Done d{std::move(frames[i]), {}, {}};
-      if (batch_ok) {
-        d.detections = std::move(results[i]);
-      } else {
-        try {
-          d.detections = detect(d.frame.image);
-        } catch (const std::exception& e) {
-          d.error = e.what();
-        }
-      }
-      detected.push(std::move(d));
-    }
+    std::vector<DetectOutcome> outcomes = detect_each(views);
+    for (size_t i = 0; i < frames.size(); ++i)
+      detected.push(Done{std::move(frames[i]), std::move(outcomes[i])});
   }
   detected.close();
   decoder.join();

@@ -456,28 +456,14 @@ int run(const Args& args) {
     if (mats.empty()) continue;
     std::vector<codetr::ImageView> views;
     for (const BgrImage& m : mats) views.push_back(view_of(m));
-    std::vector<std::vector<codetr::Detection>> dets;
-    try {
-      dets = detector->detect(views);
-    } catch (const std::exception&) {
-      // One bad image must not fail its batch companions: retry them one by one, so each error
-      // is attributed to its own image.
-      dets.assign(views.size(), {});
-      std::vector<bool> ok(views.size(), true);
-      for (size_t k = 0; k < views.size(); ++k) {
-        try {
-          dets[k] = detector->detect(views[k]);
-        } catch (const std::exception& e) {
-          ok[k] = false;
-          fail_image(positions[k], e.what(), mats[k].height, mats[k].width);
-        }
-      }
-      for (size_t k = 0; k < views.size(); ++k)
-        if (ok[k]) finish_image(positions[k], mats[k], dets[k]);
-      write_json();
-      continue;
+    // One bad image must not fail its batch companions: detect_each gives each its own outcome.
+    const std::vector<codetr::DetectOutcome> outcomes = detector->detect_each(views);
+    for (size_t k = 0; k < positions.size(); ++k) {
+      if (outcomes[k].error.empty())
+        finish_image(positions[k], mats[k], outcomes[k].detections);
+      else
+        fail_image(positions[k], outcomes[k].error, mats[k].height, mats[k].width);
     }
-    for (size_t k = 0; k < positions.size(); ++k) finish_image(positions[k], mats[k], dets[k]);
     write_json();
   }
 

@@ -109,20 +109,11 @@ class Detector:
         return results[0] if single else results
 
     def detect_each(self, images: Sequence[np.ndarray], order: str = "bgr") -> List[Union[Detections, ValueError]]:
-        """detect() on a list where a bad image costs only itself (codetr-detect's batch rule): when
-        the batched call fails, every image is run alone and a failing one gets its ValueError in
-        its place."""
-        images = list(images)
-        try:
-            return self.detect(images, order)
-        except ValueError:
-            results: List[Union[Detections, ValueError]] = []
-            for image in images:
-                try:
-                    results.append(self.detect(image, order))
-                except ValueError as exc:
-                    results.append(exc)
-            return results
+        """detect() on a list where a bad image costs only itself (the C++ Detector::detect_each,
+        codetr-detect's batch rule): one result per image, in order: its Detections, or in its
+        place the ``codetr.Error`` (a ValueError) that detect() on it alone raises."""
+        return [runtime.Error(r) if isinstance(r, str) else self._wrap(r)
+                for r in self._impl.detect_each(list(images), order)]
 
     def detect_timed(self, images: Sequence[np.ndarray], order: str = "bgr"):
         """detect() plus the wall time of each stage (ms; the device is synchronised per stage)."""

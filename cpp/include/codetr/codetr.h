@@ -39,6 +39,12 @@ struct Detection {
   int64_t label = 0;                     // class index into ModelConfig::classes
 };
 
+// One image's outcome in Detector::detect_each: its detections, or why it failed.
+struct DetectOutcome {
+  std::vector<Detection> detections;  // empty when `error` is set
+  std::string error;                  // empty: the image was detected
+};
+
 // Wall time of each stage, summed over the engine batches of one detect() call. On CUDA the
 // device is synchronised at stage boundaries when times are requested (only then).
 struct StageTimes {
@@ -123,6 +129,13 @@ class Detector {
   // the image (by position) or the stage that failed.
   std::vector<std::vector<Detection>> detect(const std::vector<ImageView>& images, StageTimes* times = nullptr) const;
   std::vector<Detection> detect(const ImageView& image) const;
+
+  // detect() where a bad image costs only itself: the images run as one detect() call; when that
+  // throws, each runs alone. Invariants: one outcome per image, in input order; an image's outcome
+  // is what detect() on it alone gives: its detections, or its error message (which names it as
+  // image 0, its position in that call). Every exception detect() throws is a per-image outcome
+  // (detect() turns each std::exception into a codetr::Error), so this throws nothing of its own.
+  std::vector<DetectOutcome> detect_each(const std::vector<ImageView>& images) const;
 
   // A pipeline over a stream: decoding (the source), detection in batches of consecutive frames,
   // and output (the sink) run in three threads connected by bounded queues, so decoding and
