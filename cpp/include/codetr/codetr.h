@@ -132,9 +132,10 @@ class Detector {
 
   // detect() where a bad image costs only itself: the images run as one detect() call; when that
   // throws, each runs alone. Invariants: one outcome per image, in input order; an image's outcome
-  // is what detect() on it alone gives: its detections, or its error message (which names it as
-  // image 0, its position in that call). Every exception detect() throws is a per-image outcome
-  // (detect() turns each std::exception into a codetr::Error), so this throws nothing of its own.
+  // is what detect() on it alone gives (the batching rule keeps its detections independent of its
+  // companions): its detections, or its error message (which names it as image 0, its position in
+  // that call). A failing image never makes this throw: detect() wraps every std::exception (bad
+  // input, engine, out of memory) in a codetr::Error, and each becomes an outcome.
   std::vector<DetectOutcome> detect_each(const std::vector<ImageView>& images) const;
 
   // A pipeline over a stream: decoding (the source), detection in batches of consecutive frames,
