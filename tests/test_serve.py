@@ -176,6 +176,9 @@ def test_malformed_requests_are_4xx_and_the_replica_survives(service, reference)
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(service + "/", timeout=30)
     assert e.value.code == 405
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(service + "/detect", timeout=30)
+    assert e.value.code == 404
     # The next requests succeed, raw and multipart, on the same replicas (none was restarted).
     ref = reference[0]
     assert ask(service, ref) == (200, ref)

@@ -107,11 +107,17 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
         async def __call__(self, request: Request):
             from codetr.runtime import decode_image, result_record
 
-            if request.method == "GET" and request.url.path.rstrip("/").endswith("/health"):
+            # The path below the application's route prefix (Serve may mount it under one).
+            path, root = request.url.path, request.scope.get("root_path", "")
+            path = (path[len(root):] if root and path.startswith(root) else path).rstrip("/")
+            if path not in ("", "/health", "/metrics"):
+                return PlainTextResponse(f"no such path {request.url.path!r}: POST an image to /, or GET "
+                                         "/health or /metrics\n", status_code=404)
+            if request.method == "GET" and path == "/health":
                 return PlainTextResponse("ok\n")
-            if request.method == "GET" and request.url.path.rstrip("/").endswith("/metrics"):
+            if request.method == "GET" and path == "/metrics":
                 return PlainTextResponse(self.metrics.text())
-            if request.method != "POST":
+            if request.method != "POST" or path:
                 return PlainTextResponse("POST an image to /, or GET /health or /metrics\n", status_code=405)
             start = time.monotonic()
             status, body = 200, None
@@ -130,7 +136,8 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
                     data = await uploads[0].read()
                 else:
                     data = await request.body()
-                img = decode_image(data, what="request body (POST the image bytes)")
+                # Decoding off the event loop: requests keep arriving, and several decode at once.
+                img = await asyncio.to_thread(decode_image, data, what="request body (POST the image bytes)")
                 dets = await self._detect_batch(img)
                 if isinstance(dets, Exception):
                     raise dets
