@@ -19,6 +19,14 @@ install_wheels() {
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
 }
 
+# Ray (serve + data) and the packages it needs beyond the image's, from the carried
+# .raypkg/site.tar.xz (dev/gpu/ray_bundle.sh builds it): the image has no Ray and cannot fetch one.
+install_ray() {
+  [ -f /tmp/raysite/ray/__init__.py ] || python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], \
+    filter='tar')" .raypkg/site.tar.xz /tmp/raysite || { echo "install_ray: cannot unpack .raypkg/site.tar.xz (carry .raypkg)"; exit 1; }
+  export PYTHONPATH=$PYTHONPATH:/tmp/raysite
+}
+
 # The op library, libcodetr, the binding and codetr-detect (TESTS=ON adds the GoogleTests) in build-device.
 build_native() {
   CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=ON \
