@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Maintainer script, run HERE (a machine with pip and network), not on the GPU machine: builds
-# .raypkg/site.tar.xz, an installed site-packages tree with Ray (serve + data) and exactly the
-# packages Ray Serve / Ray Data / codetr serve need that the GPU image lacks (its package list:
-# the device tool's KINDS.md). The GPU image has no Ray and cannot fetch one, and a device call
+# .raypkg/site.tar.xz, an installed site-packages tree with Ray (serve + data) and the packages
+# Ray Serve / Ray Data / codetr serve import that the GPU image lacks (its package list: the device
+# tool's KINDS.md; the set was found by running them in a venv holding only that list). The GPU image has no Ray and cannot fetch one, and a device call
 # carries at most 64 MiB, so Ray is trimmed to what a single-node serve/data run loads and its big
 # executables are stripped; dev/gpu/env.sh's install_ray unpacks the archive there.
 # Usage: bash dev/gpu/ray_bundle.sh            (CPython 3.12, the GPU image's, into .raypkg/)
@@ -41,18 +41,19 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVE
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$CACHE" "${PACKAGES[@]}"
 
 SITE=$WORK/site
+wheels=()
+for p in "${PACKAGES[@]}"; do wheels+=("$CACHE/$(echo "${p%%==*}" | tr - _)-${p#*==}"-*.whl); done
 # pip matches the wheels' tags against PYVER; --target writes an installed tree (scripts in bin/).
 python3 -m pip install -q --no-deps --no-compile --no-index --only-binary=:all: --python-version "$PYVER" \
   --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux_2_28_x86_64 --target "$SITE" \
-  $(for p in "${PACKAGES[@]}"; do ls "$CACHE"/"$(echo "${p%%==*}" | tr - _)"-"${p#*==}"-*.whl; done)
+  --platform manylinux_2_28_x86_64 --target "$SITE" "${wheels[@]}"
 
 # What a single-node serve/data run never loads: Java, RLlib, Tune, Train, LLM, the dashboard's web
 # client, tests. The runtime-env agent's vendored aiohttp stays: the agent puts it first on its path.
 ray=$SITE/ray
 rm -rf "$ray"/jars "$ray"/rllib "$ray"/tune "$ray"/train "$ray"/llm "$ray"/dashboard/client
 # Console scripts (ray, serve, uvicorn, ...) name this machine's interpreter; nothing here runs them.
-rm -rf "$SITE"/bin
+rm -rf "${SITE:?}"/bin
 find "$SITE" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
 find "$SITE" -name '*.map' -delete
 # Debug symbols are most of _raylet.so, gcs_server and raylet.

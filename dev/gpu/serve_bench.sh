@@ -115,4 +115,4 @@ summary = {"engine": name, "device": device, "versions": json.loads((out / "vers
 print(json.dumps(summary, indent=1))
 PY
 rm -rf "$inputs" "$results"
-step done
+step finished
