@@ -8,13 +8,9 @@ source "$(dirname "$0")/env.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 echo "== build $(date +%T)"; build_native; demo_ppm
 echo "== export $(date +%T)"
-mkdir -p "$ENGINES"
 for model in r50:co_dino_5scale_r50_8xb2_1x_coco swin_l:co_dino_5scale_swin_l_16xb1_1x_coco; do
   for batch in ${BATCHES:-1 8}; do
-    name=${model%%:*}_b$batch
-    [ -f "$ENGINES/$name/model.pt2" ] && continue
-    python3 -m codetr export --preset "${model#*:}" --device cuda --dtype float16 --height 768 --width 1152 \
-      --batch "$batch" -o "$ENGINES/$name" > "$OUT/export_$name.log" 2>&1 &
+    export_engine "${model%%:*}_b$batch" "${model#*:}" "$batch" &
   done
 done
 wait

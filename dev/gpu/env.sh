@@ -19,12 +19,30 @@ install_wheels() {
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
 }
 
+# Ray (serve + data) and the packages it needs beyond the image's, from the carried
+# $RAYPKG/site.tar.xz (dev/gpu/ray_bundle.sh builds it): the image has no Ray and cannot fetch one.
+install_ray() {
+  local pkg=${RAYPKG:-.raypkg}/site.tar.xz
+  [ -f /tmp/raysite/ray/__init__.py ] || python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], \
+    filter='tar')" "$pkg" /tmp/raysite || { echo "install_ray: cannot unpack $pkg (carry .raypkg)"; exit 1; }
+  export PYTHONPATH=$PYTHONPATH:/tmp/raysite
+}
+
 # The op library, libcodetr, the binding and codetr-detect (TESTS=ON adds the GoogleTests) in build-device.
 build_native() {
   CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=ON \
     -DCODETR_BUILD_TESTS=${TESTS:-OFF} -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include > "$OUT/build.log" 2>&1 \
     || { tail -40 "$OUT/build.log"; exit 1; }
   DETECT=$PWD/build-device/python/codetr/_lib/codetr-detect
+}
+
+# `codetr export` of preset $2 as the fp16 static 1152x768 CUDA engine of batch $3 that the GPU
+# benchmarks time, into $ENGINES/$1 (kept when already there; log: $OUT/export_$1.log).
+export_engine() {
+  [ -f "$ENGINES/$1/model.pt2" ] && return 0
+  mkdir -p "$ENGINES"
+  python3 -m codetr export --preset "$2" --device cuda --dtype float16 --height 768 --width 1152 \
+    --batch "$3" -o "$ENGINES/$1" > "$OUT/export_$1.log" 2>&1
 }
 
 # The demo image as binary PPM (codetr-detect on this machine is built without OpenCV).
