@@ -1,6 +1,6 @@
 """``codetr serve``: a Ray Serve application answering detection requests over HTTP.
 
-One ``codetr.Detector`` per replica; concurrent requests are batched (``@serve.batch``) into the
+One ``codetr.Detector`` per replica; concurrent requests are batched (``EngineBatcher``) into the
 engine's batch size. Ray places the replicas on any number of GPUs and nodes.
 
 HTTP API (route prefix "/"):
@@ -18,9 +18,8 @@ import asyncio
 import signal
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 
 APP_NAME = "codetr"
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -65,6 +64,77 @@ class Metrics:
             return "\n".join(lines) + "\n"
 
 
+class EngineBatcher:
+    """Groups concurrent requests into engine calls, forming each batch when the engine is free.
+
+    ``run(items) -> results`` (blocking, one result per item, in order) runs in a thread, one call at
+    a time. A batch takes every request waiting when the previous call returns, up to ``max_batch``;
+    a request that finds the engine idle waits at most ``wait_s`` for companions. So under load
+    every call is full: the requests that arrive during one engine call make up the next.
+    (``@serve.batch`` forms its batches on its timer, independently of the engine being busy: under
+    load it queued many partial batches, and a static batch-B engine costs the same for 1 image as
+    for B.) Must be used from one event loop (a replica's)."""
+
+    def __init__(self, run: Callable[[List[Any]], List[Any]], max_batch: int, wait_s: float,
+                 on_batch: Optional[Callable[[int], None]] = None):
+        if max_batch < 1 or wait_s < 0:
+            raise ValueError(f"max_batch must be >= 1 and wait_s >= 0 (got {max_batch}, {wait_s})")
+        self._run, self._max_batch, self._wait_s, self._on_batch = run, max_batch, wait_s, on_batch
+        self._queue: Optional[asyncio.Queue] = None
+        self._arrived: Optional[asyncio.Event] = None
+        self._worker: Optional[asyncio.Task] = None
+
+    async def submit(self, item: Any) -> Any:
+        """The result of ``item``'s place in ``run``'s output (or the exception ``run`` raised)."""
+        if self._worker is None:
+            self._queue, self._arrived = asyncio.Queue(), asyncio.Event()
+            self._worker = asyncio.create_task(self._serve())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        self._arrived.set()
+        return await future
+
+    async def _next_batch(self) -> list:
+        loop = asyncio.get_running_loop()
+        while self._queue.empty():
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = [self._queue.get_nowait()]
+        deadline = loop.time() + self._wait_s
+        while True:
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            remaining = deadline - loop.time()
+            if len(batch) >= self._max_batch or remaining <= 0:
+                return batch
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _serve(self) -> None:
+        while True:
+            # A client that went away (its request cancelled) does not cost an engine slot.
+            batch = [(item, future) for item, future in await self._next_batch() if not future.done()]
+            if not batch:
+                continue
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
+            try:
+                results = await asyncio.to_thread(self._run, [item for item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} images")
+            except Exception as exc:  # every request of the batch gets the error; the worker goes on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+
 def parse_image_id(text: str) -> int:
     """The ``image_id`` query parameter; ValueError naming it."""
     try:
@@ -94,15 +164,10 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
             self.det = Detector(model_dir, device)
             size = max_batch or self.det.max_batch
             self.metrics = Metrics(size, serve.get_replica_context().replica_id.unique_id)
-            self._detect_batch.set_max_batch_size(size)
-            self._detect_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
-
-        @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
-        async def _detect_batch(self, images: List[np.ndarray]):
-            self.metrics.observe_batch(len(images))
-            # The binding releases the GIL: run the engine off the event loop so requests keep arriving.
-            # One bad image must not fail the batch: detect_each gives it its error.
-            return await asyncio.to_thread(self.det.detect_each, list(images))
+            # The binding releases the GIL, so requests keep arriving during an engine call. One bad
+            # image must not fail its batch: detect_each gives it its own error.
+            self.batcher = EngineBatcher(self.det.detect_each, size, batch_wait_ms / 1000.0,
+                                         self.metrics.observe_batch)
 
         async def __call__(self, request: Request):
             from codetr.runtime import decode_image, result_record
@@ -138,7 +203,7 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
                     data = await request.body()
                 # Decoding off the event loop: requests keep arriving, and several decode at once.
                 img = await asyncio.to_thread(decode_image, data, what="request body (POST the image bytes)")
-                dets = await self._detect_batch(img)
+                dets = await self.batcher.submit(img)
                 if isinstance(dets, Exception):
                     raise dets
                 body = result_record(dets, file_name=name, image_id=image_id, height=img.shape[0],
