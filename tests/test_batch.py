@@ -82,6 +82,8 @@ def test_batch_equals_codetr_detect(ray_cluster, exported_tiny_package, folder, 
 
     summary = run_batch(str(exported_tiny_package), [str(folder)], str(tmp_path), progress=False)
     assert summary["images"] == 5 and summary["failed"] == 0 and summary["skipped"] == 0
+    assert 0 < summary["first_result_s"] <= summary["seconds"]
+    assert summary["steady_images_per_s"] > 0 and summary["images_per_s"] > 0
     got = shard_records(tmp_path)
     assert len(got) == 5
     assert {r["file"]: r for r in got} == reference

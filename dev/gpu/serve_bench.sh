@@ -104,14 +104,16 @@ cli = {p.stem.split("_")[-1]: grab(p, r"runs: ([\d.]+) images/s") for p in sorte
 levels = [json.loads(l) for l in (out / "bench_serve.jsonl").read_text().splitlines()] \
     if (out / "bench_serve.jsonl").is_file() else []
 batch = grab(out / "batch.log", r"\(([\d.]+) images/s\)")
+batch_steady = grab(out / "batch.log", r"then ([\d.]+) images/s")
 engine = cli.get("off")
 summary = {"engine": name, "device": device, "versions": json.loads((out / "versions.json").read_text()),
            "cli_images_per_s": {f"cuda_graphs_{k}": v for k, v in cli.items()},
-           "serve": levels, "batch_images_per_s": batch,
+           "serve": levels, "batch_images_per_s": batch, "batch_steady_images_per_s": batch_steady,
            # The service's and batch's share of the engine's own throughput (CUDA graphs off, as they run).
            "serve_share_of_cli": {str(l["concurrency"]): round(l["images_per_s"] / engine, 3) for l in levels}
            if engine else None,
-           "batch_share_of_cli": round(batch / engine, 3) if engine and batch else None}
+           "batch_share_of_cli": round(batch / engine, 3) if engine and batch else None,
+           "batch_steady_share_of_cli": round(batch_steady / engine, 3) if engine and batch_steady else None}
 print(json.dumps(summary, indent=1))
 PY
 rm -rf "$inputs" "$results"

@@ -200,6 +200,9 @@ def _run_batch(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, address=args.address, progress=args.progress)
     print(f"[codetr batch] {s['images']} images ({s['failed']} failed) in {s['seconds']:.1f} s "
           f"({s['images_per_s']:.2f} images/s); {s['skipped']} already done; shard: {s['shard']}")
+    if s["steady_images_per_s"]:
+        print(f"[codetr batch] first result after {s['first_result_s']:.1f} s (start-up, engine loading), then "
+              f"{s['steady_images_per_s']:.2f} images/s")
     return 1 if s["failed"] else 0
 
 
