@@ -39,7 +39,7 @@ def service(exported_tiny_package):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    # max_batch 4 over the static batch-1 engine: @serve.batch groups requests, the Detector runs
+    # max_batch 4 over the static batch-1 engine: the replica groups requests, the Detector runs
     # them one engine call each.
     serve.run(build_app(str(exported_tiny_package), replicas=2, max_batch=4, batch_wait_ms=20), name="codetr",
               route_prefix="/")
