@@ -106,3 +106,21 @@ def test_a_cancelled_request_takes_no_engine_slot():
 def test_bad_settings_are_refused(max_batch, wait_s):
     with pytest.raises(ValueError, match="max_batch must be >= 1 and wait_s >= 0"):
         EngineBatcher(lambda items: items, max_batch, wait_s)
+
+
+def test_a_failing_batch_callback_fails_that_batch_only():
+    sizes = []
+
+    def on_batch(n):
+        sizes.append(n)
+        if len(sizes) == 1:
+            raise RuntimeError("metrics broke")
+
+    async def main():
+        batcher = EngineBatcher(Engine(), max_batch=2, wait_s=0.0, on_batch=on_batch)
+        first = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+        return first, await batcher.submit(3)
+
+    first, later = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) and "metrics broke" in str(r) for r in first)
+    assert later == 30 and sizes == [2, 1]

@@ -114,14 +114,16 @@ class EngineBatcher:
                 pass
 
     async def _serve(self) -> None:
+        # Invariant: never returns nor raises (every failure goes to the requests of its batch), so
+        # no submitted request is left waiting.
         while True:
             # A client that went away (its request cancelled) does not cost an engine slot.
             batch = [(item, future) for item, future in await self._next_batch() if not future.done()]
             if not batch:
                 continue
-            if self._on_batch is not None:
-                self._on_batch(len(batch))
             try:
+                if self._on_batch is not None:
+                    self._on_batch(len(batch))
                 results = await asyncio.to_thread(self._run, [item for item, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} images")
