@@ -185,3 +185,26 @@ def test_fifo_model_json_is_refused_not_read(exported_tiny_package, tmp_path):
     os.mkfifo(model / "model.json")
     proc = run(["--model", model, SHAPES])
     assert proc.returncode == 2 and "is not a regular file" in proc.stderr
+
+
+def test_an_image_just_under_the_pixel_limit_stays_under_2_gb(opencv_cli, exported_tiny_package, tmp_path):
+    # The largest image the default --max-pixels (100 million) lets through: decoding it and resizing
+    # it to the model's size must not need more than 2 GB at peak (no full-size float or int32 copy).
+    import cv2
+
+    side = 9984
+    assert side * side <= 100_000_000
+    ramp = np.broadcast_to(np.arange(side, dtype=np.uint8)[None, :, None], (side, side, 3))
+    cv2.imwrite(str(tmp_path / "huge.png"), np.ascontiguousarray(ramp))
+    del ramp
+    # The peak RSS of the CLI alone: a fresh parent whose only child is the CLI.
+    probe = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    proc = subprocess.run(["python3", "-c", probe, str(CLI), "--model", str(exported_tiny_package), "--jsonl",
+                           str(tmp_path / "r.jsonl"), str(tmp_path / "huge.png")], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    returncode, peak_kib = map(int, proc.stdout.split())
+    assert returncode == 0, proc.stderr
+    [record] = records(tmp_path / "r.jsonl")
+    assert (record["height"], record["width"]) == (side, side) and "error" not in record
+    assert peak_kib < 2 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
