@@ -134,7 +134,8 @@ def _fmt(value, digits=2) -> str:
 
 
 def cmd_render(args) -> int:
-    rows = _read_jsonl(Path(args.rows))
+    # The last row of each run (engine, CUDA graphs, image): a run retried after an error replaces it.
+    rows = list({(r["name"], r["cuda_graphs"], r["image"]): r for r in _read_jsonl(Path(args.rows))}.values())
     meta = json.loads(Path(args.meta).read_text()) if args.meta and Path(args.meta).is_file() else {}
     # GFLOP per image by (preset, W, H), from batch-1 counts (FLOPs grow linearly with the batch).
     gflops = {}

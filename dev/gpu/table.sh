@@ -18,9 +18,11 @@
 #   stages   tools/bench_model.py --stages --flops, STAGE_MODE (eager fp16): PyTorch eager time,
 #            FLOPs and achieved TFLOP/s per stage, batch 1 and 8, every size
 #            -> $OUT/stages.md, $OUT/stages.json
-# No part starts new work after CALL_LIMIT s (default 555) into the call; what it has is written.
-# Logs: $OUT/logs.tgz. Usage (device tool, carry .deps), two calls back to back:
-#   bash dev/gpu/table.sh export            then         bash dev/gpu/table.sh measure stages
+# No part starts new work after CALL_LIMIT s (default 555) into the call; what it has is written,
+# and the same parts in the next call (on the still-warm machine) go on from there: measure skips
+# the runs it has a row for, stages the model and size it has a whole log for (FRESH=1: redo all).
+# Logs: $OUT/logs.tgz. Usage (device tool, carry .deps): the same command in two calls, back to back:
+#   bash dev/gpu/table.sh export measure stages
 # DEVICE=cpu PRESETS=tiny bash dev/gpu/table.sh export measure stages: the same sequence with the
 # tiny presets (float32, small sizes, few runs) on CPU, a dry run on any machine with torch.
 set -uo pipefail
@@ -47,6 +49,7 @@ export EXPORT_LOGS=$STATE/logs
 mkdir -p "$EXPORT_LOGS"
 DETECT=$PWD/build-device/python/codetr/_lib/codetr-detect
 PAIR_SIZE=${SIZES%% *}
+[ "${FRESH:-0}" = 1 ] && rm -f "$STATE/rows.jsonl" "$STATE"/flops_*.json "$EXPORT_LOGS"/stages_*.log
 step() { echo "== $* $(date +%T) (${SECONDS}s)"; }
 left() { echo $((CALL_LIMIT - SECONDS)); }
 preset_of() { for m in $MODELS; do [ "${m%%:*}" = "$1" ] && echo "${m#*:}"; done; }
@@ -67,9 +70,12 @@ export_jobs() {
 exports_running() { [ -f "$STATE/exports.pid" ] && kill -0 "$(cat "$STATE/exports.pid")" 2>/dev/null; }
 
 # Runs detached (setsid) from run_export: every missing engine, JOBS at a time, each one's
-# wall time and exit status in $STATE/export_times.txt; host memory in use every 5 s.
+# wall time and exit status in $STATE/export_times.txt; host memory in use every 5 s. Each export's
+# Triton compile pool gets 2 x cores / JOBS workers instead of one per core: the JOBS pools
+# together still cover the cores, without JOBS x cores processes importing torch.
 run__exports() {
   echo $$ > "$STATE/exports.pid"
+  export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(( (2 * $(nproc) + JOBS - 1) / JOBS ))}
   ( while sleep 5; do echo "$(date +%T) $(free -m | awk '/^Mem:/ {print $3}') MiB used"; done ) \
     > "$EXPORT_LOGS/host_memory.log" &
   local sampler=$! name preset batch size
@@ -120,6 +126,10 @@ bench() {  # name model preset kind size batch graphs image [pair]
   t=$(left)
   if [ "$t" -lt 20 ]; then echo "skipped $name (graphs $7): ${SECONDS}s into the call"; return; fi
   [ -f "$dir/model.pt2" ] || { echo "skipped $name: not exported ($EXPORT_LOGS/export_$name.log)"; return; }
+  if grep -F "\"name\": \"$name\"" "$STATE/rows.jsonl" 2>/dev/null | grep -F "\"cuda_graphs\": \"$7\"" \
+      | grep -F "\"image\": \"$(basename "$8")\"" | grep -vq '"error"'; then
+    echo "$name (graphs $7, $(basename "$8")): measured in an earlier call"; return
+  fi
   python3 dev/gpu/table.py bench --detect "$DETECT" --model "$dir" --image "$8" --iters "$ITERS" --cuda-graphs "$7" \
     --device "$DEVICE" --rows "$STATE/rows.jsonl" --log "$EXPORT_LOGS/bench_${name}_graphs_$7.log" --timeout "$t" \
     --row "{\"name\": \"$name\", \"model\": \"$2\", \"preset\": \"$3\", \"kind\": \"$4\", \"size\": [${5%x*}, ${5#*x}], \"batch\": $6${9:+, \"pair\": true}}" \
@@ -138,7 +148,6 @@ run_measure() {
   wait_exports "$CALL_LIMIT"
   [ -x "$DETECT" ] || { step build; build_native; }
   images
-  rm -f "$STATE/rows.jsonl"
   python3 - "$STATE" "$IMAGE" "$DEVICE" "$EXPORT_DTYPE" "$ITERS" "$GRAPHS" "$PAIR_SIZE" > "$STATE/meta.json" <<'PY'
 import json, pathlib, sys, time
 import torch
@@ -148,8 +157,8 @@ name, driver = (gpu.read_text().strip().split(", ") + ["?"])[:2] if gpu.is_file(
 print(json.dumps({
     "gpu": name, "driver": driver, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     "image": pathlib.Path(image).name,
-    "command": f"`bash dev/gpu/table.sh export`, then `bash dev/gpu/table.sh measure stages` (one warm machine, "
-               f"carry `.deps`); `codetr-detect --benchmark {iters} --cuda-graphs {graphs}`",
+    "command": f"`bash dev/gpu/table.sh export measure stages` in two calls on one warm machine (carry `.deps`); "
+               f"`codetr-detect --benchmark {iters} --cuda-graphs {graphs}`",
     "engines": f"{dtype} static engines (`codetr export --dtype {dtype} --width W --height H --batch B`, random "
                "weights), the demo image (640x480) resized by the preset's rule (at most 1333x800) and padded to "
                "the engine size: the engine computes every W x H pixel. TFLOP/s = FLOPs per image (meta-device "
@@ -158,7 +167,7 @@ print(json.dumps({
 PY
   step "FLOPs per image"
   for m in $MODELS; do
-    python3 tools/bench_model.py --flops-only --preset "${m#*:}" --size "${SIZES// /,}" --batch 1 \
+    [ -f "$STATE/flops_${m%%:*}.json" ] || python3 tools/bench_model.py --flops-only --preset "${m#*:}" --size "${SIZES// /,}" --batch 1 \
       --json "$STATE/flops_${m%%:*}.json" > /dev/null || echo "FLOP count of ${m#*:} failed"
   done
   local size batch m
@@ -202,8 +211,12 @@ run_stages() {
     for m in $MODELS; do
       t=$(left)
       if [ "$t" -lt 30 ]; then echo "skipped stages ${m%%:*} $size: ${SECONDS}s into the call"; continue; fi
-      step "stages ${m%%:*} $size"
       logs+=("$EXPORT_LOGS/stages_${m%%:*}_$size.log")
+      # bench_model prints its summary table last: a log that has it is whole.
+      if grep -q '^| mode |' "${logs[-1]}" 2>/dev/null; then
+        echo "stages ${m%%:*} $size: measured in an earlier call"; continue
+      fi
+      step "stages ${m%%:*} $size"
       timeout "$t" python3 tools/bench_model.py --device "$DEVICE" --preset "${m#*:}" --size "$size" \
         --batch "${BATCHES// /,}" --modes "$STAGE_MODE" --warmup "$STAGE_ITERS" --iters "$STAGE_ITERS" \
         --stages --flops > "${logs[-1]}" 2>&1 || echo "bench_model ${m%%:*} $size: exit $? (see its log)"
