@@ -132,7 +132,8 @@ bench() {  # name model preset kind size batch graphs image [pair]
   fi
   python3 dev/gpu/table.py bench --detect "$DETECT" --model "$dir" --image "$8" --iters "$ITERS" --cuda-graphs "$7" \
     --device "$DEVICE" --rows "$STATE/rows.jsonl" --log "$EXPORT_LOGS/bench_${name}_graphs_$7.log" --timeout "$t" \
-    --row "{\"name\": \"$name\", \"model\": \"$2\", \"preset\": \"$3\", \"kind\": \"$4\", \"size\": [${5%x*}, ${5#*x}], \"batch\": $6${9:+, \"pair\": true}}" \
+    --row "{\"name\": \"$name\", \"model\": \"$2\", \"preset\": \"$3\", \"kind\": \"$4\", \
+\"size\": [${5%x*}, ${5#*x}], \"batch\": $6${9:+, \"pair\": true}}" \
     | cut -c1-400
 }
 
@@ -167,7 +168,8 @@ print(json.dumps({
 PY
   step "FLOPs per image"
   for m in $MODELS; do
-    [ -f "$STATE/flops_${m%%:*}.json" ] || python3 tools/bench_model.py --flops-only --preset "${m#*:}" --size "${SIZES// /,}" --batch 1 \
+    [ -f "$STATE/flops_${m%%:*}.json" ] || python3 tools/bench_model.py --flops-only --preset "${m#*:}" \
+      --size "${SIZES// /,}" --batch 1 \
       --json "$STATE/flops_${m%%:*}.json" > /dev/null || echo "FLOP count of ${m#*:} failed"
   done
   local size batch m
