@@ -1,18 +1,27 @@
-"""Full-model GPU benchmark of Co-DINO in PyTorch (eager / torch.compile), with per-stage times,
+"""Full-model benchmark of Co-DINO in PyTorch (eager / torch.compile), with per-stage times,
 FLOPs, peak memory and a reduced-precision vs fp32 comparison.
 
 The AOTInductor engine is timed by the C++ runtime (`codetr-detect --benchmark`); this script
 times what it is compared against, in the same session. Method (BENCHMARKS.md): CUDA events around
-each call, warm-up first, median of many calls, inputs rotated among several random images.
+each call, warm-up first, median of many calls, inputs rotated among several random images
+(--device cpu: wall-clock timers instead, for dry runs).
+
+Stages (--stages; --flops adds their FLOPs and achieved TFLOP/s): backbone, neck, encoder, decoder
+(with its per-layer box refinement), head (the rest of the query head: positional encodings,
+proposals from the encoder output and their top-k, the final class/box branches) and other (the
+rest of the call: top-k over the final scores, box conversion). FLOPs are counted on the meta
+device (--flops-only needs no GPU).
 
 Example (on the GPU machine):
   python tools/bench_model.py --preset swin_l --size 1152x768 --modes eager_fp32,eager_fp16,compile_fp16 \
       --stages --flops --precision --json $OUT/bench_swin_l.json
+  python tools/bench_model.py --preset r50 --size 1152x768,1920x1280 --flops-only
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import time
@@ -37,14 +46,37 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+class HostEvent:
+    """torch.cuda.Event's timing interface on the host clock (CPU runs, where calls are synchronous)."""
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1e3
+
+    def synchronize(self):
+        pass
+
+
+def new_event(device):
+    return torch.cuda.Event(enable_timing=True) if device.type == "cuda" else HostEvent()
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_calls(fn, inputs, warmup, iters):
     """Median / p90 milliseconds of fn(x) over `iters` calls, inputs rotated, CUDA events."""
+    device = inputs[0].device
     for i in range(warmup):
         fn(inputs[i % len(inputs)])
-    torch.cuda.synchronize()
+    synchronize(device)
     times = []
     for i in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = new_event(device), new_event(device)
         start.record()
         fn(inputs[i % len(inputs)])
         end.record()
@@ -54,56 +86,65 @@ def time_calls(fn, inputs, warmup, iters):
             "min_ms": min(times), "n": iters}
 
 
-def stage_modules(model):
-    transformer = model.query_head.transformer
-    return {"backbone": model.backbone, "neck": model.neck,
-            "encoder": transformer.encoder, "decoder": transformer.decoder}
+# The modules whose calls bound the stages (each runs once per model call); split_stages derives
+# the stages from them (module docstring).
+STAGE_MODULES = {"backbone": "backbone", "neck": "neck", "query_head": "query_head",
+                 "encoder": "query_head.transformer.encoder", "decoder": "query_head.transformer.decoder"}
+STAGES = ("backbone", "neck", "encoder", "decoder", "head", "other")
+
+
+def split_stages(per_module):
+    """Stage values (ms or FLOPs) from the values of STAGE_MODULES and of the whole call ("total")."""
+    m = per_module
+    return {"backbone": m["backbone"], "neck": m["neck"], "encoder": m["encoder"], "decoder": m["decoder"],
+            "head": m["query_head"] - m["encoder"] - m["decoder"],
+            "other": m["total"] - m["backbone"] - m["neck"] - m["query_head"], "total": m["total"]}
 
 
 def time_stages(model, inputs, warmup, iters):
-    """Per-stage median ms via CUDA events recorded by forward hooks (eager only).
-    'other' = whole call minus the named stages (positional encodings, proposal generation,
-    top-k selection, heads)."""
+    """Per-stage median ms (eager only): events recorded by forward hooks at the boundaries of
+    STAGE_MODULES, the stages split per call, then the median of each over the calls."""
+    device = inputs[0].device
     events = {}
 
     def pre(name):
         def hook(module, args):
-            ev = torch.cuda.Event(enable_timing=True)
+            ev = new_event(device)
             ev.record()
-            events.setdefault(name, []).append([ev, None])
+            events[name] = [ev, None]
         return hook
 
     def post(name):
         def hook(module, args, output):
-            ev = torch.cuda.Event(enable_timing=True)
+            ev = new_event(device)
             ev.record()
-            events[name][-1][1] = ev
+            events[name][1] = ev
         return hook
 
     handles = []
-    for name, module in stage_modules(model).items():
+    for name, path in STAGE_MODULES.items():
+        module = model.get_submodule(path)
         handles.append(module.register_forward_pre_hook(pre(name)))
         handles.append(module.register_forward_hook(post(name)))
     try:
         for i in range(warmup):
             model(inputs[i % len(inputs)])
-        torch.cuda.synchronize()
-        events.clear()
-        totals = []
+        synchronize(device)
+        calls = []
         for i in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            events.clear()
+            start, end = new_event(device), new_event(device)
             start.record()
             model(inputs[i % len(inputs)])
             end.record()
             end.synchronize()
-            totals.append(start.elapsed_time(end))
+            per_module = {name: a.elapsed_time(b) for name, (a, b) in events.items()}
+            per_module["total"] = start.elapsed_time(end)
+            calls.append(split_stages(per_module))
     finally:
         for h in handles:
             h.remove()
-    result = {name: statistics.median(a.elapsed_time(b) for a, b in pairs) for name, pairs in events.items()}
-    result["total"] = statistics.median(totals)
-    result["other"] = result["total"] - sum(v for k, v in result.items() if k != "total")
-    return result
+    return {name: statistics.median(c[name] for c in calls) for name in calls[0]}
 
 
 # Kernel name patterns, first match wins: where the GPU time of a compiled model goes, without
@@ -148,27 +189,51 @@ def profile_kernels(fn, inputs, calls=10, top=25):
             "top_kernels_ms": [[name[:200], round(ms, 4)] for name, ms in kernels[:top]]}
 
 
-def count_flops(model, image):
-    """FLOPs of one call: matmuls/convs from torch's FlopCounterMode plus the deformable
-    sampling counted by hand (per sample: 4 corners x D multiply-adds + the weight, x2 FLOPs)."""
+def count_flops(preset, batch, height, width):
+    """FLOPs of one call on a (batch, 3, height, width) input, in total and per stage: matmuls/convs
+    from torch's FlopCounterMode plus the deformable sampling counted by hand (per sample: 4 corners
+    x D multiply-adds + the weight, x2 FLOPs). Counted on the meta device, in fp32, without the
+    CUDA-only fused paths (FlopCounterMode cannot see inside those ops): FLOPs depend on neither
+    the dtype, the weights nor the device. Returns {"total", "msda", "stages": {stage: FLOPs}}."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    msda_flops = [0]
+    model = build_model(preset, device="meta")
+    names = {module: name for name, module in model.named_modules()}
+    msda_flops = {}
 
     def hook(module, args, output):
         B, Q = output.shape[:2]
         D = module.embed_dims // module.num_heads
-        msda_flops[0] += B * Q * module.num_heads * module.num_levels * module.num_points * (4 * D + D) * 2
+        flops = B * Q * module.num_heads * module.num_levels * module.num_points * (4 * D + D) * 2
+        msda_flops[names[module]] = msda_flops.get(names[module], 0) + flops
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, MultiScaleDeformableAttention)]
     try:
-        with FlopCounterMode(display=False) as counter:
-            model(image)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model(torch.empty(batch, 3, height, width, device="meta"))
     finally:
         for h in handles:
             h.remove()
-    return counter.get_total_flops() + msda_flops[0], msda_flops[0]
+    # FlopCounterMode names modules by their path under the root's class name.
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+
+    def flops_under(path):
+        return (sum(counts.get(f"{root}.{path}", {}).values())
+                + sum(v for name, v in msda_flops.items() if name.startswith(path + ".")))
+
+    per_module = {name: flops_under(path) for name, path in STAGE_MODULES.items()}
+    per_module["total"] = counter.get_total_flops() + sum(msda_flops.values())
+    return {"total": per_module["total"], "msda": sum(msda_flops.values()), "stages": split_stages(per_module)}
+
+
+def flops_row(preset, size, batch):
+    W, H = size
+    flops = count_flops(preset, batch, H, W)
+    return {"size": [W, H], "batch": batch, "gflops": round(flops["total"] / 1e9, 1),
+            "msda_gflops": round(flops["msda"] / 1e9, 2),
+            "stages_gflops": {k: round(v / 1e9, 2) for k, v in flops["stages"].items()}}
 
 
 def main():
@@ -181,7 +246,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--stages", action="store_true", help="per-stage breakdown (eager modes)")
-    parser.add_argument("--flops", action="store_true")
+    parser.add_argument("--flops", action="store_true", help="FLOPs and achieved TFLOP/s (eager modes)")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="only count FLOPs (total and per stage) for each size and batch; no GPU needed")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: host timers, no peak memory (dry runs of the GPU scripts)")
     parser.add_argument("--precision", action="store_true", help="compare reduced precision with fp32")
     parser.add_argument("--profile", action="store_true",
                         help="GPU time per kernel category and the top kernels (torch.profiler, 10 calls)")
@@ -193,17 +262,28 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     preset = SHORT_PRESETS.get(args.preset, args.preset)
-    device = torch.device("cuda")
-    results = {"preset": preset, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d"), "runs": []}
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.size.split(",")]
+    batches = [int(b) for b in args.batch.split(",")]
+    if args.flops_only:
+        results = {"preset": preset, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                   "runs": [flops_row(preset, size, batch) for size in sizes for batch in batches]}
+        for row in results["runs"]:
+            print(json.dumps(row), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    results = {"preset": preset, "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "runs": []}
     model32 = build_model(preset, device=device, dtype=torch.float32)
     results["cuda_fusions"] = not args.no_cuda_fusions
     print(f"# {preset} on {results['device']}, torch {torch.__version__}, "
           f"cuda_fusions={results['cuda_fusions']}", flush=True)
 
-    for size in args.size.split(","):
-        W, H = (int(v) for v in size.split("x"))
-        for batch in (int(b) for b in args.batch.split(",")):
+    for W, H in sizes:
+        for batch in batches:
+            flops = flops_row(preset, (W, H), batch) if args.flops else None
             gen = torch.Generator(device="cpu").manual_seed(0)
             images = [torch.randn(batch, 3, H, W, generator=gen).to(device) for _ in range(3)]
             outputs = {}
@@ -214,7 +294,8 @@ def main():
                 model.load_state_dict(model32.state_dict())
                 set_cuda_fusions(model, not args.no_cuda_fusions)
                 inputs = [im.to(dtype) for im in images]
-                torch.cuda.reset_peak_memory_stats()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
                 row = {"mode": mode, "size": [W, H], "batch": batch}
                 with torch.inference_mode():
                     fn = model
@@ -222,26 +303,31 @@ def main():
                         t0 = time.perf_counter()
                         fn = torch.compile(model)
                         fn(inputs[0])
-                        torch.cuda.synchronize()
+                        synchronize(device)
                         row["compile_s"] = round(time.perf_counter() - t0, 1)
                     row.update(time_calls(fn, inputs, args.warmup, args.iters))
-                    row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                    row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
                     outputs[mode] = [t.clone() for t in fn(inputs[0])]
                     if args.profile:
                         row["profile"] = profile_kernels(fn, inputs)
                     if args.stages and kind == "eager":
                         row["stages_ms"] = {k: round(v, 3) for k, v in
                                             time_stages(model, inputs, args.warmup, args.iters).items()}
-                    if args.flops and kind == "eager":
-                        total, msda = count_flops(model, inputs[0])
-                        row["gflops"] = round(total / 1e9, 1)
-                        row["msda_gflops"] = round(msda / 1e9, 2)
-                        row["tflops_per_s"] = round(total / (row["median_ms"] * 1e-3) / 1e12, 1)
+                    if flops and kind == "eager":
+                        row.update({k: flops[k] for k in ("gflops", "msda_gflops")})
+                        row["tflops_per_s"] = round(flops["gflops"] / row["median_ms"], 1)
+                        if "stages_ms" in row:
+                            row["stages_gflops"] = flops["stages_gflops"]
+                            # A stage of ~0 ms (e.g. "other") has no meaningful rate.
+                            row["stages_tflops_per_s"] = {
+                                k: round(g / row["stages_ms"][k], 1) if row["stages_ms"][k] > 0.05 else None
+                                for k, g in flops["stages_gflops"].items()}
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
                 if model is not model32:
                     del model, fn
-                torch.cuda.empty_cache()
+                if cuda:
+                    torch.cuda.empty_cache()
             if args.precision and "eager_fp32" in outputs:
                 for mode, out in outputs.items():
                     if mode != "eager_fp32":

@@ -30,19 +30,26 @@ install_ray() {
 
 # The op library, libcodetr, the binding and codetr-detect (TESTS=ON adds the GoogleTests) in build-device.
 build_native() {
-  CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=16 tools/build.sh -DCODETR_BUILD_RUNTIME=ON \
+  CODETR_BUILD_DIR=build-device CODETR_BUILD_JOBS=${CODETR_BUILD_JOBS:-16} tools/build.sh -DCODETR_BUILD_RUNTIME=ON \
     -DCODETR_BUILD_TESTS=${TESTS:-OFF} -DCODETR_NLOHMANN_INCLUDE_DIR=$PWD/.deps/include > "$OUT/build.log" 2>&1 \
     || { tail -40 "$OUT/build.log"; exit 1; }
   DETECT=$PWD/build-device/python/codetr/_lib/codetr-detect
 }
 
-# `codetr export` of preset $2 as the fp16 static 1152x768 CUDA engine of batch $3 that the GPU
-# benchmarks time, into $ENGINES/$1 (kept when already there; log: $OUT/export_$1.log).
+# `codetr export` of preset $2 into $ENGINES/$1 (kept when already there; log: $EXPORT_LOGS/export_$1.log,
+# default $OUT): batch $3; size $4 = WxH of a static engine (default 1152x768, the size the GPU
+# benchmarks time) or "dynamic" (the preset's default engine: dynamic H and W); EXPORT_DEVICE and
+# EXPORT_DTYPE (default cuda, float16) for dry runs. Written to $1.part and renamed when complete,
+# so $ENGINES/$1 is always a whole engine, also when an export was killed.
 export_engine() {
   [ -f "$ENGINES/$1/model.pt2" ] && return 0
+  local size=${4:-1152x768} geometry=()
+  [ "$size" = dynamic ] || geometry=(--width "${size%x*}" --height "${size#*x}")
   mkdir -p "$ENGINES"
-  python3 -m codetr export --preset "$2" --device cuda --dtype float16 --height 768 --width 1152 \
-    --batch "$3" -o "$ENGINES/$1" > "$OUT/export_$1.log" 2>&1
+  rm -rf "$ENGINES/$1.part"
+  python3 -m codetr export --preset "$2" --device "${EXPORT_DEVICE:-cuda}" --dtype "${EXPORT_DTYPE:-float16}" \
+    "${geometry[@]}" --batch "$3" -o "$ENGINES/$1.part" > "${EXPORT_LOGS:-$OUT}/export_$1.log" 2>&1 \
+    && mv "$ENGINES/$1.part" "$ENGINES/$1"
 }
 
 # The demo image as binary PPM (codetr-detect on this machine is built without OpenCV).
