@@ -25,6 +25,10 @@ std::vector<int64_t> image_ids(const std::vector<std::string>& files);
 // service and batch job apply it too): decoding allocates 3 bytes per pixel up front.
 constexpr int64_t kDefaultMaxPixels = 100'000'000;
 
+// How many of a file's first bytes the header rules below are given: a JPEG's frame header can
+// follow large EXIF/ICC segments.
+constexpr int64_t kImageHeadBytes = 65536;
+
 // The (height, width) a PNG or JPEG header declares; {0, 0} when `head` (the file's first bytes)
 // holds neither.
 std::pair<int64_t, int64_t> declared_image_size(const std::string& head);

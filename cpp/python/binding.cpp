@@ -138,6 +138,7 @@ PYBIND11_MODULE(_runtime, m) {
   m.def("image_ids", &core::image_ids, py::arg("files"),
         "codetr-detect's image_id of each file of the expanded input list.");
   m.attr("default_max_pixels") = core::kDefaultMaxPixels;
+  m.attr("image_head_bytes") = core::kImageHeadBytes;
   m.def(
       "pixel_limit_error",
       [](const py::bytes& head, int64_t max_pixels) { return core::pixel_limit_error(head, max_pixels); },

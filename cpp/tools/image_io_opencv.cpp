@@ -62,7 +62,7 @@ bool read_image(const std::string& path, const ReadOptions& options, BgrImage& i
     return false;
   }
   std::ifstream in(path, std::ios::binary);
-  std::string head(static_cast<size_t>(std::min<int64_t>(size, 65536)), '\0');
+  std::string head(static_cast<size_t>(std::min(size, core::kImageHeadBytes)), '\0');
   if (!in.read(head.data(), static_cast<std::streamsize>(head.size()))) {
     error = "cannot read the file";
     return false;

@@ -28,7 +28,7 @@ def decode_image(data: bytes, max_pixels: int = runtime.default_max_pixels, what
 
     if not data:
         raise ValueError(f"empty {what}")
-    over = runtime.pixel_limit_error(bytes(data[:65536]), max_pixels)
+    over = runtime.pixel_limit_error(bytes(data[:runtime.image_head_bytes]), max_pixels)
     if over:
         raise ValueError(over)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
