@@ -115,9 +115,9 @@ def test_metrics_text_hand_computed():
     m = Metrics(4, "r1")
     for status, seconds in [(200, 0.02), (200, 0.3), (400, 0.001), (200, 100.0)]:
         m.observe(status, seconds)
-    m.observe_batch(1)
-    m.observe_batch(3)
-    m.observe_batch(3)
+    m.observe_batch(1, 0.5)
+    m.observe_batch(3, 0.25)
+    m.observe_batch(3, 0.125)
     text = m.text()
     assert samples(text, "codetr_requests_total") == {'replica="r1",status="200"': 3, 'replica="r1",status="400"': 1}
     buckets = samples(text, "codetr_request_latency_seconds_bucket")
@@ -128,6 +128,7 @@ def test_metrics_text_hand_computed():
     assert samples(text, "codetr_request_latency_seconds_count") == {'replica="r1"': 4}
     assert samples(text, "codetr_request_latency_seconds_sum")['replica="r1"'] == pytest.approx(100.321)
     assert samples(text, "codetr_engine_batches_total") == {'replica="r1",size="1"': 1, 'replica="r1",size="3"': 2}
+    assert samples(text, "codetr_engine_seconds_total") == {'replica="r1"': 0.875}
 
 
 def test_concurrent_requests_equal_codetr_detect(service, reference):

@@ -35,9 +35,11 @@ def test_under_load_every_engine_call_is_full():
     # 32 clients, each sending its next request as soon as the previous is answered (as
     # tools/bench_serve.py does): the 24 that wait during one call make up the next ones.
     engine = Engine(seconds=0.02)
+    reported = []
 
     async def main():
-        batcher = EngineBatcher(engine, max_batch=8, wait_s=0.005)
+        batcher = EngineBatcher(engine, max_batch=8, wait_s=0.005,
+                                on_batch=lambda n, seconds: reported.append((n, seconds)))
 
         async def client(c):
             return [await batcher.submit(100 * c + k) for k in range(3)]
@@ -48,6 +50,8 @@ def test_under_load_every_engine_call_is_full():
     assert results == [[10 * (100 * c + k) for k in range(3)] for c in range(32)]
     assert [len(b) for b in engine.batches] == [8] * 12
     assert engine.most_in_flight == 1
+    # Each call's size and wall time (the engine sleeps 20 ms) reach the callback.
+    assert [n for n, _ in reported] == [8] * 12 and all(0.02 <= s < 1.0 for _, s in reported)
     assert sorted(x for b in engine.batches for x in b) == sorted(100 * c + k for c in range(32) for k in range(3))
 
 
@@ -111,7 +115,8 @@ def test_bad_settings_are_refused(max_batch, wait_s):
 def test_a_failing_batch_callback_fails_that_batch_only():
     sizes = []
 
-    def on_batch(n):
+    def on_batch(n, seconds):
+        assert seconds >= 0
         sizes.append(n)
         if len(sizes) == 1:
             raise RuntimeError("metrics broke")

@@ -77,8 +77,12 @@ def main() -> int:
     if not args.image.is_file():
         print(f"bench_serve: --image {args.image}: no such file", file=sys.stderr)
         return 2
+    if args.requests < 1 or args.warmup < 0 or min(args.concurrency) < 1:
+        print("bench_serve: --requests and --concurrency must be >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
     body = args.image.read_bytes()
-    run_level(args.url, body, max(args.concurrency), args.warmup, args.timeout)
+    if args.warmup:
+        run_level(args.url, body, max(args.concurrency), args.warmup, args.timeout)
     for level in args.concurrency:
         print(json.dumps(run_level(args.url, body, level, args.requests, args.timeout)), flush=True)
     return 0

@@ -10,7 +10,7 @@ HTTP API (route prefix "/"):
                  "request", and 0). An image that cannot be decoded -> 400 with the reason.
   GET /health    200 "ok" once the replica's engine is loaded.
   GET /metrics   this replica's Prometheus text: requests by status, request latency histogram,
-                 engine batch sizes.
+                 engine batch sizes and the seconds the engine was busy.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class Metrics:
         self.latency = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum = 0.0
         self.batch_sizes = [0] * (max_batch + 1)
+        self.engine_seconds = 0.0
 
     def observe(self, status: int, seconds: float) -> None:
         with self._lock:
@@ -43,9 +44,10 @@ class Metrics:
             self.latency[next((i for i, b in enumerate(LATENCY_BUCKETS_S) if seconds <= b), len(LATENCY_BUCKETS_S))] += 1
             self.latency_sum += seconds
 
-    def observe_batch(self, size: int) -> None:
+    def observe_batch(self, size: int, seconds: float) -> None:
         with self._lock:
             self.batch_sizes[min(size, len(self.batch_sizes) - 1)] += 1
+            self.engine_seconds += seconds
 
     def text(self) -> str:
         with self._lock:
@@ -61,6 +63,9 @@ class Metrics:
             lines.append("# TYPE codetr_engine_batches_total counter")
             lines += [f'codetr_engine_batches_total{{{self.label},size="{s}"}} {n}'
                       for s, n in enumerate(self.batch_sizes) if n]
+            # Its rate is the engine's utilisation: below 1 under load means the engine waits for requests.
+            lines.append("# TYPE codetr_engine_seconds_total counter")
+            lines.append(f"codetr_engine_seconds_total{{{self.label}}} {self.engine_seconds}")
             return "\n".join(lines) + "\n"
 
 
@@ -73,10 +78,11 @@ class EngineBatcher:
     every call is full: the requests that arrive during one engine call make up the next.
     (``@serve.batch`` forms its batches on its timer, independently of the engine being busy: under
     load it queued many partial batches, and a static batch-B engine costs the same for 1 image as
-    for B.) Must be used from one event loop (a replica's)."""
+    for B.) ``on_batch(size, seconds)`` is told each call's size and wall time. Must be used from one
+    event loop (a replica's)."""
 
     def __init__(self, run: Callable[[List[Any]], List[Any]], max_batch: int, wait_s: float,
-                 on_batch: Optional[Callable[[int], None]] = None):
+                 on_batch: Optional[Callable[[int, float], None]] = None):
         if max_batch < 1 or wait_s < 0:
             raise ValueError(f"max_batch must be >= 1 and wait_s >= 0 (got {max_batch}, {wait_s})")
         self._run, self._max_batch, self._wait_s, self._on_batch = run, max_batch, wait_s, on_batch
@@ -122,9 +128,10 @@ class EngineBatcher:
             if not batch:
                 continue
             try:
-                if self._on_batch is not None:
-                    self._on_batch(len(batch))
+                start = time.monotonic()
                 results = await asyncio.to_thread(self._run, [item for item, _ in batch])
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), time.monotonic() - start)
                 if len(results) != len(batch):
                     raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} images")
             except Exception as exc:  # every request of the batch gets the error; the worker goes on
