@@ -55,6 +55,30 @@ def test_under_load_every_engine_call_is_full():
     assert sorted(x for b in engine.batches for x in b) == sorted(100 * c + k for c in range(32) for k in range(3))
 
 
+def test_a_busy_event_loop_does_not_hold_up_the_next_engine_call():
+    # Under load the replica's loop is busy with the requests themselves; the engine thread starts
+    # the next batch when the previous call returns, not when the loop gets round to it.
+    engine = Engine(seconds=0.02)
+    starts = []
+
+    def run(items):
+        starts.append(time.monotonic())
+        return engine(items)
+
+    async def main():
+        batcher = EngineBatcher(run, max_batch=8, wait_s=0.05)
+        tasks = [asyncio.create_task(batcher.submit(x)) for x in range(16)]
+        await asyncio.sleep(0)  # every submit queued its request
+        time.sleep(0.3)         # the loop is blocked; the engine thread is not
+        blocked_until = time.monotonic()
+        return await asyncio.gather(*tasks), blocked_until
+
+    results, blocked_until = asyncio.run(main())
+    assert results == [10 * x for x in range(16)]
+    assert [len(b) for b in engine.batches] == [8, 8]
+    assert starts[1] < blocked_until - 0.1, "the second call waited for the event loop"
+
+
 def test_an_idle_engine_waits_for_companions_at_most_wait_s():
     async def two_requests(wait_s):
         engine = Engine()
@@ -73,7 +97,8 @@ def test_a_failed_call_fails_its_requests_only():
     engine = Engine(fail_on=3)
 
     async def main():
-        batcher = EngineBatcher(engine, max_batch=2, wait_s=0.0)
+        # A wait long enough that the first call takes two requests whatever the thread timing.
+        batcher = EngineBatcher(engine, max_batch=2, wait_s=1.0)
         return await asyncio.gather(*(batcher.submit(x) for x in (1, 2, 3, 4, 5, 6)), return_exceptions=True)
 
     results = asyncio.run(main())
@@ -122,7 +147,7 @@ def test_a_failing_batch_callback_fails_that_batch_only():
             raise RuntimeError("metrics broke")
 
     async def main():
-        batcher = EngineBatcher(Engine(), max_batch=2, wait_s=0.0, on_batch=on_batch)
+        batcher = EngineBatcher(Engine(), max_batch=2, wait_s=0.2, on_batch=on_batch)
         first = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
         return first, await batcher.submit(3)
 

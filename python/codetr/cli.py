@@ -136,11 +136,10 @@ def _add_serve_parser(subparsers) -> None:
         description="Ray Serve application: POST an image to / -> JSON detections (codetr-detect's "
                     "per-image record); GET /health, GET /metrics. See docs/serving.md.")
     p.add_argument("--model", required=True, help="directory written by `codetr export`")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--replicas", type=int, default=None, help="replicas (default 1, or the cluster's GPUs "
-                       "with --gpus-per-replica)")
-    group.add_argument("--gpus-per-replica", type=float, default=None,
-                       help="GPUs per replica (fractions share a GPU); replicas = cluster GPUs / this")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="replicas (default: cluster GPUs / --gpus-per-replica for a CUDA engine, 1 for a CPU one)")
+    p.add_argument("--gpus-per-replica", type=float, default=None,
+                   help="GPUs each replica holds (fractions share a GPU; default: 1 for a CUDA engine, 0 for a CPU one)")
     p.add_argument("--max-batch", type=int, default=None, help="images per engine call (default: the engine's)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a batch (default 10)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: model.json's")
@@ -154,21 +153,19 @@ def _run_serve(args: argparse.Namespace) -> int:
     import ray
 
     from codetr.modeljson import load_model_json
-    from codetr.serve import run_server
+    from codetr.serve import plan_replicas, run_server
 
-    load_model_json(args.model)  # a bad model dir fails here, not in every replica's constructor
-    for flag, value in (("--max-batch", args.max_batch), ("--replicas", args.replicas)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1 (got {value})")
+    # A bad model dir fails here, not in every replica's constructor.
+    on_gpu = (args.device or load_model_json(args.model)["device"]) == "cuda"
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1 (got {args.max_batch})")
     if args.batch_wait_ms < 0:
         raise ValueError(f"--batch-wait-ms must be >= 0 (got {args.batch_wait_ms})")
-    replicas, gpus = args.replicas or 1, 0.0
-    if args.gpus_per_replica is not None:
-        if args.gpus_per_replica <= 0:
-            raise ValueError(f"--gpus-per-replica must be > 0 (got {args.gpus_per_replica})")
+    cluster_gpus = None
+    if on_gpu or args.gpus_per_replica:
         ray.init(address=args.address)
-        total = ray.cluster_resources().get("GPU", 0)
-        replicas, gpus = max(1, int(total // args.gpus_per_replica)), args.gpus_per_replica
+        cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+    replicas, gpus = plan_replicas(args.replicas, args.gpus_per_replica, on_gpu, cluster_gpus)
     run_server(args.model, host=args.host, port=args.port, address=args.address, replicas=replicas,
                gpus_per_replica=gpus, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                device=args.device)

@@ -15,10 +15,11 @@ HTTP API (route prefix "/"):
 from __future__ import annotations
 
 import asyncio
+import queue
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 APP_NAME = "codetr"
@@ -72,76 +73,90 @@ class Metrics:
 class EngineBatcher:
     """Groups concurrent requests into engine calls, forming each batch when the engine is free.
 
-    ``run(items) -> results`` (blocking, one result per item, in order) runs in a thread, one call at
-    a time. A batch takes every request waiting when the previous call returns, up to ``max_batch``;
-    a request that finds the engine idle waits at most ``wait_s`` for companions. So under load
-    every call is full: the requests that arrive during one engine call make up the next.
-    (``@serve.batch`` forms its batches on its timer, independently of the engine being busy: under
-    load it queued many partial batches, and a static batch-B engine costs the same for 1 image as
-    for B.) ``on_batch(size, seconds)`` is told each call's size and wall time. Must be used from one
-    event loop (a replica's)."""
+    ``run(items) -> results`` (blocking, one result per item, in order) runs in the batcher's own
+    engine thread, one call at a time. A batch takes every request waiting when the previous call
+    returns, up to ``max_batch``; a request that finds the engine idle waits at most ``wait_s`` for
+    companions. So under load every call is full: the requests that arrive during one engine call
+    make up the next. The engine thread forms the next batch and starts it itself, without a round
+    trip through the event loop, which under load is busy with the requests themselves (parsing,
+    decoding, JSON): only the delivery of results waits for the loop. (``@serve.batch`` forms its
+    batches on its timer, independently of the engine being busy: under load it queued many partial
+    batches, and a static batch-B engine costs the same for 1 image as for B.)
+    ``on_batch(size, seconds)`` is told each call's size and wall time, from the engine thread.
+    ``submit`` must be called from one event loop (a replica's)."""
 
     def __init__(self, run: Callable[[List[Any]], List[Any]], max_batch: int, wait_s: float,
                  on_batch: Optional[Callable[[int, float], None]] = None):
         if max_batch < 1 or wait_s < 0:
             raise ValueError(f"max_batch must be >= 1 and wait_s >= 0 (got {max_batch}, {wait_s})")
         self._run, self._max_batch, self._wait_s, self._on_batch = run, max_batch, wait_s, on_batch
-        self._queue: Optional[asyncio.Queue] = None
-        self._arrived: Optional[asyncio.Event] = None
-        self._worker: Optional[asyncio.Task] = None
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     async def submit(self, item: Any) -> Any:
         """The result of ``item``'s place in ``run``'s output (or the exception ``run`` raised)."""
-        if self._worker is None:
-            self._queue, self._arrived = asyncio.Queue(), asyncio.Event()
-            self._worker = asyncio.create_task(self._serve())
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
-        self._arrived.set()
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            threading.Thread(target=self._serve, name="codetr-engine", daemon=True).start()
+        elif loop is not self._loop:
+            raise RuntimeError("EngineBatcher.submit called from a second event loop")
+        future = loop.create_future()
+        self._queue.put((item, future))
         return await future
 
-    async def _next_batch(self) -> list:
-        loop = asyncio.get_running_loop()
-        while self._queue.empty():
-            self._arrived.clear()
-            await self._arrived.wait()
-        batch = [self._queue.get_nowait()]
-        deadline = loop.time() + self._wait_s
-        while True:
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            remaining = deadline - loop.time()
-            if len(batch) >= self._max_batch or remaining <= 0:
-                return batch
-            self._arrived.clear()
+    def _next_batch(self) -> list:
+        batch = [self._queue.get()]
+        deadline = time.monotonic() + self._wait_s
+        while len(batch) < self._max_batch:
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
                 pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
 
-    async def _serve(self) -> None:
+    def _serve(self) -> None:
         # Invariant: never returns nor raises (every failure goes to the requests of its batch), so
         # no submitted request is left waiting.
         while True:
-            # A client that went away (its request cancelled) does not cost an engine slot.
-            batch = [(item, future) for item, future in await self._next_batch() if not future.done()]
+            # A client that went away (its request cancelled) does not cost an engine slot. done() is
+            # read outside the loop: a request cancelled at this very moment may still take its slot.
+            batch = [(item, future) for item, future in self._next_batch() if not future.done()]
             if not batch:
                 continue
+            results: Optional[List[Any]] = None
+            error: Optional[BaseException] = None
             try:
                 start = time.monotonic()
-                results = await asyncio.to_thread(self._run, [item for item, _ in batch])
-                if self._on_batch is not None:
-                    self._on_batch(len(batch), time.monotonic() - start)
+                results = self._run([item for item, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} images")
-            except Exception as exc:  # every request of the batch gets the error; the worker goes on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), time.monotonic() - start)
+            except Exception as exc:  # every request of the batch gets the error; the thread goes on
+                error = exc
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, batch, results, error)
+            except RuntimeError:  # the loop is closed: nobody waits for these results any more
+                pass
+
+    @staticmethod
+    def _deliver(batch: list, results: Optional[List[Any]], error: Optional[BaseException]) -> None:
+        for k, (_, future) in enumerate(batch):
+            if future.done():
                 continue
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(results[k])
 
 
 def parse_image_id(text: str) -> int:
@@ -153,6 +168,32 @@ def parse_image_id(text: str) -> int:
     if value is None or not -2**63 <= value < 2**63:
         raise ValueError(f"query parameter image_id must be a 64-bit integer, got {text!r}")
     return value
+
+
+def plan_replicas(replicas: Optional[int], gpus_per_replica: Optional[float], engine_on_gpu: bool,
+                  cluster_gpus: Optional[float]) -> Tuple[int, float]:
+    """(replicas, GPUs per replica) of ``codetr serve``. A replica of a CUDA engine holds one GPU unless
+    told otherwise (a replica without a GPU resource would run on whatever GPU the process sees, all
+    of them on the same one); ``replicas`` defaults to as many as the cluster's GPUs hold, or 1 for
+    a CPU engine. ValueError naming the flag when the request is impossible, rather than replicas
+    that wait for GPUs forever."""
+    if replicas is not None and replicas < 1:
+        raise ValueError(f"--replicas must be >= 1 (got {replicas})")
+    if gpus_per_replica is not None and gpus_per_replica < 0:
+        raise ValueError(f"--gpus-per-replica must be >= 0 (got {gpus_per_replica})")
+    gpus = float(gpus_per_replica if gpus_per_replica is not None else (1.0 if engine_on_gpu else 0.0))
+    if engine_on_gpu and gpus == 0:
+        raise ValueError("--gpus-per-replica 0 with a CUDA engine: every replica would share one GPU "
+                         "without Ray knowing; give a fraction (0.5: two replicas per GPU) instead")
+    if gpus == 0:
+        return replicas or 1, 0.0
+    available = cluster_gpus or 0.0
+    fit = int(available // gpus + 1e-9)
+    if fit < 1 or (replicas is not None and replicas > fit):
+        want = replicas or 1
+        raise ValueError(f"{want} replica(s) x --gpus-per-replica {gpus:g} need {want * gpus:g} GPUs; "
+                         f"the Ray cluster has {available:g}")
+    return replicas or fit, gpus
 
 
 def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.0, max_batch: Optional[int] = None,
