@@ -1,5 +1,6 @@
-"""codetr serve's replica placement rule (codetr.serve.plan_replicas), without Ray: hand-computed
-cases of the defaults and of the requests it must refuse."""
+"""codetr serve's replica and codetr batch's actor placement rules (codetr.serve.plan_replicas,
+codetr.batch.plan_actors), without Ray: hand-computed cases of the defaults and of the requests
+they must refuse."""
 import pytest
 
 from codetr.serve import plan_replicas
@@ -29,3 +30,26 @@ def test_defaults_and_requests(replicas, gpus, on_gpu, cluster, expected):
 def test_impossible_requests_are_refused(replicas, gpus, on_gpu, cluster, message):
     with pytest.raises(ValueError, match=message):
         plan_replicas(replicas, gpus, on_gpu, cluster)
+
+
+@pytest.mark.parametrize("actors, on_gpu, cluster, expected", [
+    (None, True, 2.0, (2, 1)),      # one actor per GPU
+    (1, True, 2.0, (1, 1)),
+    (None, False, 2.0, (1, 0)),     # a CPU engine takes no GPU, also on a GPU cluster
+    (3, False, 0.0, (3, 0)),
+])
+def test_batch_actor_placement(actors, on_gpu, cluster, expected):
+    from codetr.batch import plan_actors
+
+    assert plan_actors(actors, on_gpu, cluster) == expected
+
+
+@pytest.mark.parametrize("actors, cluster, message", [
+    (None, 0.0, "the engine runs on cuda but the Ray cluster has no GPU"),
+    (3, 2.0, "--actors 3: each actor of a cuda engine holds one GPU; the Ray cluster has 2"),
+])
+def test_batch_actors_the_cluster_cannot_hold_are_refused(actors, cluster, message):
+    from codetr.batch import BatchError, plan_actors
+
+    with pytest.raises(BatchError, match=message):
+        plan_actors(actors, True, cluster)

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -117,6 +117,21 @@ class _EngineActor:
         return {"record": records}
 
 
+def plan_actors(actors: Optional[int], engine_on_gpu: bool, cluster_gpus: float) -> Tuple[int, int]:
+    """(engine actors, GPUs each): a CUDA engine's actor holds one GPU, one actor per cluster GPU by
+    default; a CPU engine runs one actor unless told otherwise. BatchError when the cluster cannot
+    hold the actors (rather than a pool that waits for GPUs forever)."""
+    if not engine_on_gpu:
+        return actors or 1, 0
+    available = int(cluster_gpus)
+    if available == 0:
+        raise BatchError("the engine runs on cuda but the Ray cluster has no GPU")
+    if actors is not None and actors > available:
+        raise BatchError(f"--actors {actors}: each actor of a cuda engine holds one GPU; the Ray cluster "
+                         f"has {available}")
+    return actors or available, 1
+
+
 def run_batch(model_dir: str, inputs: Sequence[str], output: str, *, device: Optional[str] = None,
               actors: Optional[int] = None, batch_size: Optional[int] = None, address: Optional[str] = None,
               progress: bool = True) -> Dict:
@@ -147,10 +162,7 @@ def run_batch(model_dir: str, inputs: Sequence[str], output: str, *, device: Opt
         ray.init(address=address, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     dev = device or engine.get("device", "cpu")
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if dev == "cuda" else 0
-    if dev == "cuda" and gpus == 0:
-        raise BatchError("the engine runs on cuda but the Ray cluster has no GPU")
-    n_actors = actors or (gpus if gpus else 1)
+    n_actors, gpus = plan_actors(actors, dev == "cuda", ray.cluster_resources().get("GPU", 0.0))
     geometry = engine.get("input", {})
     per_call = batch_size or int(geometry.get("batch") or geometry.get("max_batch") or 1)
 
@@ -159,7 +171,7 @@ def run_batch(model_dir: str, inputs: Sequence[str], output: str, *, device: Opt
     # A CPU actor holds one CPU, so Ray runs it with OMP_NUM_THREADS=1 unless the environment sets
     # it; the engine's float results depend on that thread count (docs/serving.md).
     ds = ds.map_batches(_EngineActor, fn_constructor_args=(str(model_dir), device), batch_size=per_call,
-                        compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=1 if gpus else 0,
+                        compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=gpus,
                         num_cpus=0 if gpus else 1)
 
     shard = out / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
