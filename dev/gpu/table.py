@@ -158,17 +158,18 @@ def cmd_render(args) -> int:
     lines = [f"## {meta.get('gpu', '?')} (torch {meta.get('torch', '?')}, driver {meta.get('driver', '?')}, "
              f"{meta.get('date', '?')})", "",
              f"Command: {meta.get('command', '?')}. {meta.get('engines', '')}", "",
-             "| model | size (WxH) | batch | engine ms | engine ms / image | end-to-end ms | images/s | "
+             "| model | precision | size (WxH) | batch | engine ms | engine ms / image | end-to-end ms | images/s | "
              "GFLOP / image | TFLOP/s (engine) | peak memory GiB | export s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     table = [r for r in rows if r.get("kind") == "static" and r.get("cuda_graphs") == args.graphs and
              r.get("image") == meta.get("image")]
     for r in table:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | failed: {r['error']} "
-                         "| | | | | | | |")
+            lines.append(f"| {r['model']} | {r.get('dtype', '')} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | "
+                         f"failed: {r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | {_fmt(r['engine_ms'])} | "
+        lines.append(f"| {r['model']} | {r.get('dtype', '')} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | "
+                     f"{_fmt(r['engine_ms'])} | "
                      f"{_fmt(r['engine_ms'] / r['batch'])} | {_fmt(r.get('e2e_ms'))} | "
                      f"{_fmt(r.get('images_per_s'), 1)} | {_fmt(r['gflops_per_image'], 0)} | "
                      f"{_fmt(r.get('engine_tflops_per_s'), 0)} | {_fmt(r.get('peak_mem_gib'))} | "
@@ -178,13 +179,14 @@ def cmd_render(args) -> int:
         static_off = next((r for r in pair if r["kind"] == "static" and r["cuda_graphs"] == "off"), None)
         lines += ["", f"Dynamic vs static engine, batch 1, on {pair[0]['image']} (both run it at "
                   f"{pair[0]['size'][0]}x{pair[0]['size'][1]}: {meta.get('pair_note', '')}):", "",
-                  "| model | engine | CUDA graphs | engine ms | end-to-end ms | images/s | peak memory GiB | "
+                  "| model | precision | engine | CUDA graphs | engine ms | end-to-end ms | images/s | peak memory GiB | "
                   "engine ms vs static, graphs off | export s |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in pair:
             ratio = (f"{100 * (r['engine_ms'] / static_off['engine_ms'] - 1):+.1f} %"
                      if static_off and static_off.get("engine_ms") and r.get("engine_ms") else "")
-            lines.append(f"| {r['model']} | {r['kind']} | {r['cuda_graphs']} | {_fmt(r.get('engine_ms'))} | "
+            lines.append(f"| {r['model']} | {r.get('dtype', '')} | {r['kind']} | {r['cuda_graphs']} | "
+                         f"{_fmt(r.get('engine_ms'))} | "
                          f"{_fmt(r.get('e2e_ms'))} | {_fmt(r.get('images_per_s'), 1)} | "
                          f"{_fmt(r.get('peak_mem_gib'))} | {ratio} | {r.get('export_s', '')} |")
     missing = [name for name, e in exports.items() if e["rc"] != 0]

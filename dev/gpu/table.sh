@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU machine: the benchmark table (model x size x batch, fp16 static engines, with engine and
-# end-to-end time, images/s, TFLOP/s, peak memory, export time; a dynamic engine beside its static
-# one) and the eager per-stage profile, in two device calls made back to back: the engines,
+# GPU machine: the benchmark table (model x precision x size x batch of static engines, precisions
+# DTYPES (default float16), with engine and end-to-end time, images/s, TFLOP/s, peak memory, export
+# time; a dynamic engine of the first precision beside its static one) and the eager per-stage profile, in two device calls made back to back: the engines,
 # build-device and $STATE stay on the machine only while it is warm.
 #   export   builds (`import codetr` needs the runtime too), starts exporting every missing engine
 #            into $ENGINES, JOBS at a time, the slowest first (dynamic, then the MODELS from last to
@@ -23,6 +23,8 @@
 # the runs it has a row for, stages the model and size it has a whole log for (FRESH=1: redo all).
 # Logs: $OUT/logs.tgz. Usage (device tool, carry .deps): the same command in two calls, back to back:
 #   bash dev/gpu/table.sh export measure stages
+# The precision axis beside fp16 rows already measured (8 more engines, two calls):
+#   DTYPES="bfloat16 float32" SIZES=1152x768 DYNAMIC= bash dev/gpu/table.sh export measure
 # DEVICE=cpu PRESETS=tiny bash dev/gpu/table.sh export measure stages: the same sequence with the
 # tiny presets (float32, small sizes, few runs) on CPU, a dry run on any machine with torch.
 set -uo pipefail
@@ -31,16 +33,16 @@ SCRIPT=$PWD/dev/gpu/table.sh
 DEVICE=${DEVICE:-cuda}
 if [ "${PRESETS:-full}" = tiny ]; then
   MODELS=${MODELS:-tiny_r50:tiny_r50 tiny_swin:tiny_swin} SIZES=${SIZES:-160x128} BATCHES=${BATCHES:-1 2}
-  DYNAMIC=${DYNAMIC:-tiny_r50} ITERS=${ITERS:-5} STAGE_ITERS=${STAGE_ITERS:-2} JOBS=${JOBS:-2}
+  DYNAMIC=${DYNAMIC-tiny_r50} ITERS=${ITERS:-5} STAGE_ITERS=${STAGE_ITERS:-2} JOBS=${JOBS:-2}
 else
   MODELS=${MODELS:-r50:co_dino_5scale_r50_8xb2_1x_coco swin_l:co_dino_5scale_swin_l_16xb1_1x_coco}
-  SIZES=${SIZES:-1152x768 1920x1280} BATCHES=${BATCHES:-1 8} DYNAMIC=${DYNAMIC:-r50}
+  SIZES=${SIZES:-1152x768 1920x1280} BATCHES=${BATCHES:-1 8} DYNAMIC=${DYNAMIC-r50}
   ITERS=${ITERS:-100} STAGE_ITERS=${STAGE_ITERS:-20} JOBS=${JOBS:-5}
 fi
 if [ "$DEVICE" = cuda ]; then
-  export EXPORT_DEVICE=cuda EXPORT_DTYPE=${DTYPE:-float16}; STAGE_MODE=${STAGE_MODE:-eager_fp16} GRAPHS=on
+  export EXPORT_DEVICE=cuda; DTYPES=${DTYPES:-float16} STAGE_MODE=${STAGE_MODE:-eager_fp16} GRAPHS=on
 else
-  export EXPORT_DEVICE=cpu EXPORT_DTYPE=${DTYPE:-float32}; STAGE_MODE=${STAGE_MODE:-eager_fp32} GRAPHS=off
+  export EXPORT_DEVICE=cpu; DTYPES=${DTYPES:-float32} STAGE_MODE=${STAGE_MODE:-eager_fp32} GRAPHS=off
 fi
 CALL_LIMIT=${CALL_LIMIT:-555} EXPORT_WAIT=${EXPORT_WAIT:-540}
 # State that outlives a call on a warm machine ($OUT is emptied before each call).
@@ -53,16 +55,21 @@ PAIR_SIZE=${SIZES%% *}
 step() { echo "== $* $(date +%T) (${SECONDS}s)"; }
 left() { echo $((CALL_LIMIT - SECONDS)); }
 preset_of() { for m in $MODELS; do [ "${m%%:*}" = "$1" ] && echo "${m#*:}"; done; }
+# Engine names carry the precision: r50_fp16_1152x768_b8.
+tag() { case $1 in float16) echo fp16;; bfloat16) echo bf16;; float32) echo fp32;; *) echo "$1";; esac; }
+DTYPE0=${DTYPES%% *}  # the dynamic-vs-static pair's precision
 pack_logs() { tar -czf "$OUT/logs.tgz" -C "$STATE" logs 2>/dev/null; }
 
 # Export jobs "name preset batch size", slowest first.
 export_jobs() {
   local m rev="" size batch
-  for m in $DYNAMIC; do echo "${m}_dynamic_b1 $(preset_of "$m") 1 dynamic"; done
+  for m in $DYNAMIC; do echo "${m}_$(tag "$DTYPE0")_dynamic_b1 $(preset_of "$m") 1 dynamic $DTYPE0"; done
   for m in $MODELS; do rev="$m $rev"; done
   for m in $rev; do
     for size in $(echo $SIZES | tr ' ' '\n' | tac); do
-      for batch in $(echo $BATCHES | tr ' ' '\n' | sort -rn); do echo "${m%%:*}_${size}_b$batch ${m#*:} $batch $size"; done
+      for batch in $(echo $BATCHES | tr ' ' '\n' | sort -rn); do
+        for dtype in $DTYPES; do echo "${m%%:*}_$(tag "$dtype")_${size}_b$batch ${m#*:} $batch $size $dtype"; done
+      done
     done
   done
 }
@@ -79,10 +86,10 @@ run__exports() {
   ( while sleep 5; do echo "$(date +%T) $(free -m | awk '/^Mem:/ {print $3}') MiB used"; done ) \
     > "$EXPORT_LOGS/host_memory.log" &
   local sampler=$! name preset batch size
-  while read -r name preset batch size; do
+  while read -r name preset batch size dtype; do
     [ -f "$ENGINES/$name/model.pt2" ] && continue
     while [ "$(jobs -rp | wc -l)" -gt "$JOBS" ]; do wait -n; done  # JOBS exports + the sampler
-    ( start=$SECONDS; export_engine "$name" "$preset" "$batch" "$size"; rc=$?
+    ( start=$SECONDS; EXPORT_DTYPE=$dtype export_engine "$name" "$preset" "$batch" "$size"; rc=$?
       echo "$name rc=$rc $((SECONDS - start)) s" >> "$STATE/export_times.txt"
       echo "$(date +%T) $name rc=$rc $((SECONDS - start)) s" ) &
   done < <(export_jobs)
@@ -121,7 +128,7 @@ images() {
 }
 PAIR_W=${PAIR_SIZE%x*} PAIR_H=${PAIR_SIZE#*x}
 
-bench() {  # name model preset kind size batch graphs image [pair]
+bench() {  # name model preset kind size batch graphs image [pair]; the engine's precision in $DT
   local name=$1 dir=$ENGINES/$1 t
   t=$(left)
   if [ "$t" -lt 20 ]; then echo "skipped $name (graphs $7): ${SECONDS}s into the call"; return; fi
@@ -133,7 +140,7 @@ bench() {  # name model preset kind size batch graphs image [pair]
   python3 dev/gpu/table.py bench --detect "$DETECT" --model "$dir" --image "$8" --iters "$ITERS" --cuda-graphs "$7" \
     --device "$DEVICE" --rows "$STATE/rows.jsonl" --log "$EXPORT_LOGS/bench_${name}_graphs_$7.log" --timeout "$t" \
     --row "{\"name\": \"$name\", \"model\": \"$2\", \"preset\": \"$3\", \"kind\": \"$4\", \
-\"size\": [${5%x*}, ${5#*x}], \"batch\": $6${9:+, \"pair\": true}}" \
+\"dtype\": \"$DT\", \"size\": [${5%x*}, ${5#*x}], \"batch\": $6${9:+, \"pair\": true}}" \
     | cut -c1-400
 }
 
@@ -149,10 +156,10 @@ run_measure() {
   wait_exports "$CALL_LIMIT"
   [ -x "$DETECT" ] || { step build; build_native; }
   images
-  python3 - "$STATE" "$IMAGE" "$DEVICE" "$EXPORT_DTYPE" "$ITERS" "$GRAPHS" "$PAIR_SIZE" > "$STATE/meta.json" <<'PY'
+  python3 - "$STATE" "$IMAGE" "$DEVICE" "${DTYPES// /, }" "$ITERS" "$GRAPHS" "$PAIR_SIZE" > "$STATE/meta.json" <<'PY'
 import json, pathlib, sys, time
 import torch
-state, image, device, dtype, iters, graphs, pair = sys.argv[1:]
+state, image, device, dtypes, iters, graphs, pair = sys.argv[1:]
 gpu = pathlib.Path(state, "gpu.txt")
 name, driver = (gpu.read_text().strip().split(", ") + ["?"])[:2] if gpu.is_file() else (device, "-")
 print(json.dumps({
@@ -160,7 +167,7 @@ print(json.dumps({
     "image": pathlib.Path(image).name,
     "command": f"`bash dev/gpu/table.sh export measure stages` in two calls on one warm machine (carry `.deps`); "
                f"`codetr-detect --benchmark {iters} --cuda-graphs {graphs}`",
-    "engines": f"{dtype} static engines (`codetr export --dtype {dtype} --width W --height H --batch B`, random "
+    "engines": f"{dtypes} static engines (`codetr export --dtype D --width W --height H --batch B`, random "
                "weights), the demo image (640x480) resized by the preset's rule (at most 1333x800) and padded to "
                "the engine size: the engine computes every W x H pixel. TFLOP/s = FLOPs per image (meta-device "
                "count, tools/bench_model.py) x batch / engine time.",
@@ -172,19 +179,23 @@ PY
       --size "${SIZES// /,}" --batch 1 \
       --json "$STATE/flops_${m%%:*}.json" > /dev/null || echo "FLOP count of ${m#*:} failed"
   done
-  local size batch m
-  for size in $SIZES; do
-    for batch in $BATCHES; do
-      for m in $MODELS; do
-        step "benchmark ${m%%:*} $size batch $batch"
-        bench "${m%%:*}_${size}_b$batch" "${m%%:*}" "${m#*:}" static "$size" "$batch" "$GRAPHS" "$IMAGE"
-        render
+  local size batch m DT
+  for DT in $DTYPES; do
+    for size in $SIZES; do
+      for batch in $BATCHES; do
+        for m in $MODELS; do
+          step "benchmark ${m%%:*} $DT $size batch $batch"
+          bench "${m%%:*}_$(tag "$DT")_${size}_b$batch" "${m%%:*}" "${m#*:}" static "$size" "$batch" "$GRAPHS" "$IMAGE"
+          render
+        done
       done
     done
   done
+  DT=$DTYPE0
   for m in $DYNAMIC; do
     step "dynamic vs static ${m}, $PAIR_SIZE"
-    local dyn=$ENGINES/${m}_dynamic_b1 view=${m}_dynamic_b1_at_$PAIR_SIZE
+    local dyn=$ENGINES/${m}_$(tag "$DT")_dynamic_b1 view=${m}_$(tag "$DT")_dynamic_b1_at_$PAIR_SIZE
+    local static=${m}_$(tag "$DT")_${PAIR_SIZE}_b1
     if [ -f "$dyn/model.pt2" ]; then
       mkdir -p "$ENGINES/$view"
       ln -sfn "$dyn/model.pt2" "$ENGINES/$view/model.pt2"
@@ -192,10 +203,10 @@ PY
 [$PAIR_W, $PAIR_H]; json.dump(d, open(sys.argv[2], 'w'), indent=1)" "$dyn/model.json" "$ENGINES/$view/model.json"
     fi
     bench "$view" "$m" "$(preset_of "$m")" dynamic "$PAIR_SIZE" 1 off "$PAIR_IMAGE" pair
-    bench "${m}_${PAIR_SIZE}_b1" "$m" "$(preset_of "$m")" static "$PAIR_SIZE" 1 off "$PAIR_IMAGE" pair
-    [ "$GRAPHS" = on ] && bench "${m}_${PAIR_SIZE}_b1" "$m" "$(preset_of "$m")" static "$PAIR_SIZE" 1 on "$PAIR_IMAGE" pair
+    bench "$static" "$m" "$(preset_of "$m")" static "$PAIR_SIZE" 1 off "$PAIR_IMAGE" pair
+    [ "$GRAPHS" = on ] && bench "$static" "$m" "$(preset_of "$m")" static "$PAIR_SIZE" 1 on "$PAIR_IMAGE" pair
     # The view's export time is the dynamic engine's.
-    grep "^${m}_dynamic_b1 " "$STATE/export_times.txt" 2>/dev/null | sed "s/^${m}_dynamic_b1 /$view /" \
+    grep "^${dyn##*/} " "$STATE/export_times.txt" 2>/dev/null | sed "s/^${dyn##*/} /$view /" \
       >> "$STATE/export_times.txt"
     render
   done
