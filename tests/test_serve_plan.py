@@ -12,6 +12,7 @@ from codetr.serve import plan_replicas
     (None, 0.5, True, 1.0, (2, 0.5)),      # two replicas share the GPU
     (3, 0.5, True, 2.0, (3, 0.5)),
     (None, 2.0, True, 5.0, (2, 2.0)),      # whole replicas only
+    (None, 0.1, True, 1.0, (10, 0.1)),     # 1.0 // 0.1 is 9.0 in floating point
     (None, None, False, None, (1, 0.0)),   # a CPU engine: one replica, no GPU
     (4, None, False, 0.0, (4, 0.0)),
     (None, 1.0, False, 1.0, (1, 1.0)),     # a CPU engine may still be given a GPU's worth of placement

@@ -95,7 +95,8 @@ print(path, json.dumps(seen))
 PY
 }
 for config in $SERVE_CONFIGS; do
-  replicas=${config%x*} gpus=${config#*x} flags=(--replicas "${config%x*}")
+  replicas=${config%x*} gpus=${config#*x}
+  flags=(--replicas "$replicas")
   [ "$DEVICE" = cuda ] && flags+=(--gpus-per-replica "$gpus")
   step "codetr serve ${flags[*]}"
   python3 -m codetr serve --model "$MODEL" --port "$PORT" --max-batch 8 "${flags[@]}" > "$WORK/serve_$config.log" 2>&1 &

@@ -188,7 +188,8 @@ def plan_replicas(replicas: Optional[int], gpus_per_replica: Optional[float], en
     if gpus == 0:
         return replicas or 1, 0.0
     available = cluster_gpus or 0.0
-    fit = int(available // gpus + 1e-9)
+    # Whole replicas only; the epsilon keeps 1 / 0.1 at 10 (float floor division gives 9).
+    fit = int(available / gpus + 1e-9)
     if fit < 1 or (replicas is not None and replicas > fit):
         want = replicas or 1
         raise ValueError(f"{want} replica(s) x --gpus-per-replica {gpus:g} need {want * gpus:g} GPUs; "
