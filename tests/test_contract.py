@@ -44,22 +44,32 @@ def images(tmp_path_factory):
     return [(p, cv2.imread(str(p), cv2.IMREAD_COLOR)) for p in paths]
 
 
-def cli_records(model_dir, paths, tmp_path, *extra):
+def cli_lines(model_dir, paths, tmp_path, *extra):
+    """codetr-detect's JSON Lines output, one text line per image."""
     out = tmp_path / "cli.jsonl"
     proc = subprocess.run([str(require_opencv_cli()), "--model", str(model_dir), "--jsonl", str(out), *extra,
                            *map(str, paths)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return out.read_text().splitlines()
+
+
+def cli_records(model_dir, paths, tmp_path, *extra):
+    return [json.loads(line) for line in cli_lines(model_dir, paths, tmp_path, *extra)]
 
 
 @pytest.mark.parametrize("which", ["non-LSJ", "LSJ"])
 def test_python_detector_equals_the_cli(which, exported_tiny_package, lsj_package, images, tmp_path):
     model_dir = exported_tiny_package if which == "non-LSJ" else lsj_package
     det = codetr.Detector(model_dir)
-    records = cli_records(model_dir, [p for p, _ in images], tmp_path)
+    lines = cli_lines(model_dir, [p for p, _ in images], tmp_path)
     results = det.detect([img for _, img in images])
-    for (path, img), record, result in zip(images, records, results):
+    for (path, img), line, result in zip(images, lines, results):
+        record = json.loads(line)
         assert record["file"] == str(path)
+        # The text the service and the batch job send is the CLI's line, byte for byte.
+        text = codetr.result_json(result, file_name=str(path), image_id=record["image_id"], height=img.shape[0],
+                                  width=img.shape[1])
+        assert text == line, path.name
         mine = codetr.result_record(result, file_name=str(path), image_id=record["image_id"],
                                     height=img.shape[0], width=img.shape[1])
         assert mine == record, path.name  # bit for bit: same floats, same order

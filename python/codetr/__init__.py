@@ -14,4 +14,4 @@ except Error as exc:  # the op library is missing or does not load: say which an
 from codetr.checkpoint import load_checkpoint  # noqa: E402
 from codetr.models import build_model  # noqa: E402
 from codetr.presets import PRESETS, get_preset  # noqa: E402
-from codetr.runtime import Detections, Detector, result_record  # noqa: E402
+from codetr.runtime import Detections, Detector, result_json, result_record  # noqa: E402

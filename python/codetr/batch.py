@@ -98,7 +98,7 @@ class _EngineActor:
         self.det = Detector(model_dir, device)
 
     def __call__(self, batch: Dict[str, list]) -> Dict[str, list]:
-        from codetr.runtime import result_record
+        from codetr.runtime import result_json
 
         records = []
         good = [i for i, e in enumerate(batch["error"]) if not e]
@@ -112,8 +112,8 @@ class _EngineActor:
         for i, (f, iid) in enumerate(zip(batch["file"], batch["image_id"])):
             img = batch["image"][i]
             h, w = (int(img.shape[0]), int(img.shape[1])) if i in dets else (0, 0)
-            records.append(json.dumps(result_record(dets.get(i), file_name=str(f), image_id=int(iid), height=h,
-                                                    width=w, error=batch["error"][i] or None)))
+            records.append(result_json(dets.get(i), file_name=str(f), image_id=int(iid), height=h, width=w,
+                                       error=batch["error"][i] or None))
         return {"record": records}
 
 

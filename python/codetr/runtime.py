@@ -54,20 +54,25 @@ class Detections:
         return len(self.scores)
 
 
-def result_record(dets: Optional[Detections], *, file_name: str, image_id: int, height: int, width: int,
-                  error: Optional[str] = None) -> Dict:
-    """One image's record with exactly the schema of codetr-detect's JSON Lines output (written by
-    the C++ core, so the two cannot drift): detections (or ``error`` when ``dets`` is None). A file
+def result_json(dets: Optional[Detections], *, file_name: str, image_id: int, height: int, width: int,
+                error: Optional[str] = None) -> str:
+    """One image's record as one line of JSON text, exactly codetr-detect's JSON Lines record (written
+    by the C++ core, so the two cannot drift): detections (or ``error`` when ``dets`` is None). A file
     name that is not valid UTF-8 (a surrogate-escaped str) is passed as its bytes."""
     file_name = file_name.encode("utf-8", "surrogateescape")
     if dets is None:
         empty = np.zeros((0, 4), np.float32)
-        text = runtime.result_record(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), [], file_name, image_id,
+        return runtime.result_record(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), [], file_name, image_id,
                                      height, width, error or "failed")
-    else:
-        text = runtime.result_record(dets.boxes, dets.scores, dets.labels, dets.classes, file_name, image_id, height,
-                                     width, error or "")
-    return json.loads(text)
+    return runtime.result_record(dets.boxes, dets.scores, dets.labels, dets.classes, file_name, image_id, height,
+                                 width, error or "")
+
+
+def result_record(dets: Optional[Detections], *, file_name: str, image_id: int, height: int, width: int,
+                  error: Optional[str] = None) -> Dict:
+    """``result_json`` parsed: the record as a dict."""
+    return json.loads(result_json(dets, file_name=file_name, image_id=image_id, height=height, width=width,
+                                  error=error))
 
 
 class Detector:

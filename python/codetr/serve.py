@@ -5,7 +5,7 @@ engine's batch size. Ray places the replicas on any number of GPUs and nodes.
 
 HTTP API (route prefix "/"):
   POST /         an image (raw bytes, or multipart/form-data with one file field) -> one JSON record
-                 with codetr-detect's per-image schema (``codetr.result_record``). Query parameters
+                 with codetr-detect's per-image schema (``codetr.result_json``'s text). Query parameters
                  ``file`` and ``image_id`` fill those fields (defaults: the multipart file name or
                  "request", and 0). An image that cannot be decoded -> 400 with the reason.
   GET /health    200 "ok" once the replica's engine is loaded.
@@ -204,7 +204,7 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
 
     @serve.deployment(num_replicas=replicas, ray_actor_options={"num_gpus": gpus_per_replica},
                       max_ongoing_requests=64)
@@ -221,7 +221,7 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
                                          self.metrics.observe_batch)
 
         async def __call__(self, request: Request):
-            from codetr.runtime import decode_image, result_record
+            from codetr.runtime import decode_image, result_json
 
             # The path below the application's route prefix (Serve may mount it under one).
             path, root = request.url.path, request.scope.get("root_path", "")
@@ -236,7 +236,6 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
             if request.method != "POST" or path:
                 return PlainTextResponse("POST an image to /, or GET /health or /metrics\n", status_code=405)
             start = time.monotonic()
-            status, body = 200, None
             try:
                 name = request.query_params.get("file", "request")
                 image_id = parse_image_id(request.query_params.get("image_id", "0"))
@@ -257,12 +256,13 @@ def build_app(model_dir: str, *, replicas: int = 1, gpus_per_replica: float = 0.
                 dets = await self.batcher.submit(img)
                 if isinstance(dets, Exception):
                     raise dets
-                body = result_record(dets, file_name=name, image_id=image_id, height=img.shape[0],
-                                     width=img.shape[1])
+                # The core's JSON text as it is: no parse and re-encode on the event loop.
+                response = Response(result_json(dets, file_name=name, image_id=image_id, height=img.shape[0],
+                                                width=img.shape[1]), media_type="application/json")
             except ValueError as exc:
-                status, body = 400, {"error": str(exc)}
-            self.metrics.observe(status, time.monotonic() - start)
-            return JSONResponse(body, status_code=status)
+                response = JSONResponse({"error": str(exc)}, status_code=400)
+            self.metrics.observe(response.status_code, time.monotonic() - start)
+            return response
 
     return CodetrDetector.bind()
 
