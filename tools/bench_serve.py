@@ -1,7 +1,9 @@
 """Throughput and latency of a running `codetr serve` service at several concurrency levels.
 
 Each level sends --requests POSTs of one image (raw bytes) from that many client threads and
-reports images/s, p50 and p99 latency and the non-200 count; compare images/s with
+reports images/s, p50 and p99 latency and the non-200 count. Each client thread keeps one HTTP/1.1
+connection, as a camera or a load generator such as wrk does (--no-keep-alive: a new connection per
+request; under load that added ~1 s outside the service to a few requests on the GPU host); compare images/s with
 `codetr-detect --benchmark` on the same engine and image (the service's target: >= 90 % of the
 engine's batch throughput at concurrency 32). Standard library only, so it runs wherever Python does.
 
@@ -12,12 +14,14 @@ Prints one JSON line per level.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import statistics
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -33,19 +37,54 @@ def post(url: str, body: bytes, timeout: float) -> int:
         return exc.code
 
 
-def run_level(url: str, body: bytes, concurrency: int, requests: int, timeout: float) -> dict:
+class KeepAliveClient:
+    """POSTs over one persistent connection, opened again when the server closed it."""
+
+    def __init__(self, url: str, timeout: float):
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port, self.timeout = parts.hostname, parts.port or 80, timeout
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.conn: "http.client.HTTPConnection | None" = None
+
+    def post(self, body: bytes) -> int:
+        try:
+            return self._post(body)
+        except (http.client.HTTPException, ConnectionError):
+            # The server closed the connection while it was idle: once more on a new one.
+            self._close()
+            return self._post(body)
+
+    def _post(self, body: bytes) -> int:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self.conn.request("POST", self.path, body, {"Content-Type": "application/octet-stream"})
+        response = self.conn.getresponse()
+        response.read()
+        if response.will_close:
+            self._close()
+        return response.status
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def run_level(url: str, body: bytes, concurrency: int, requests: int, timeout: float,
+              keep_alive: bool = True) -> dict:
     latencies, statuses = [], []
     lock = threading.Lock()
     remaining = [requests]
 
     def client():
+        session = KeepAliveClient(url, timeout) if keep_alive else None
         while True:
             with lock:
                 if remaining[0] == 0:
                     return
                 remaining[0] -= 1
             start = time.perf_counter()
-            status = post(url, body, timeout)
+            status = session.post(body) if session else post(url, body, timeout)
             elapsed = time.perf_counter() - start
             with lock:
                 latencies.append(elapsed * 1e3)
@@ -62,7 +101,7 @@ def run_level(url: str, body: bytes, concurrency: int, requests: int, timeout: f
     return {"concurrency": concurrency, "requests": requests, "images_per_s": round(requests / wall, 2),
             "p50_ms": round(statistics.median(ordered), 2),
             "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
-            "non_200": sum(s != 200 for s in statuses)}
+            "non_200": sum(s != 200 for s in statuses), "keep_alive": keep_alive}
 
 
 def main() -> int:
@@ -72,6 +111,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=400, help="requests per level (default: 400)")
     parser.add_argument("--warmup", type=int, default=20, help="requests before the first level (default: 20)")
+    parser.add_argument("--keep-alive", action=argparse.BooleanOptionalAction, default=True,
+                        help="one persistent connection per client thread (default), or a new one per request")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: 120)")
     args = parser.parse_args()
     if not args.image.is_file():
@@ -82,9 +123,9 @@ def main() -> int:
         return 2
     body = args.image.read_bytes()
     if args.warmup:
-        run_level(args.url, body, max(args.concurrency), args.warmup, args.timeout)
+        run_level(args.url, body, max(args.concurrency), args.warmup, args.timeout, args.keep_alive)
     for level in args.concurrency:
-        print(json.dumps(run_level(args.url, body, level, args.requests, args.timeout)), flush=True)
+        print(json.dumps(run_level(args.url, body, level, args.requests, args.timeout, args.keep_alive)), flush=True)
     return 0
 
 

@@ -6,7 +6,8 @@
 #   serve  one service per entry of SERVE_CONFIGS, "REPLICASxGPUS" (default 1x1: one replica holding
 #          one GPU; 2x0.5: two replicas sharing it; 2x1 on a 2-GPU machine: one per GPU), batches of up
 #          to 8, under tools/bench_serve.py (the demo JPEG) at each concurrency of LEVELS (default 1 8
-#          32): images/s, p50/p99 ms, and each replica's engine utilisation (its
+#          32; BENCH_ARGS: more of its flags, e.g. --no-keep-alive): images/s, p50/p99 ms, the mean
+#          time a request spent in its replica, and each replica's engine utilisation (its
 #          codetr_engine_seconds_total over the level's wall time)
 #   batch  codetr batch over IMAGES generated JPEGs (crops of the demo image of many sizes; IMAGES=0
 #          skips it) with each actor count of BATCH_ACTORS (default 1; "1 2" on a 2-GPU machine)
@@ -87,7 +88,9 @@ for _ in range(64):
     seen[replica] = {
         "engine_seconds": float(re.search(r"^codetr_engine_seconds_total\{[^}]*\} (\S+)$", text, re.M).group(1)),
         "batches": {m.group(1): int(m.group(2)) for m in
-                    re.finditer(r'^codetr_engine_batches_total\{[^}]*size="(\d+)"\} (\S+)$', text, re.M)}}
+                    re.finditer(r'^codetr_engine_batches_total\{[^}]*size="(\d+)"\} (\S+)$', text, re.M)},
+        "latency": [float(re.search(rf"^codetr_request_latency_seconds_{k}\{{[^}}]*\}} (\S+)$", text, re.M).group(1))
+                    for k in ("sum", "count")]}
     if len(seen) == replicas:
         break
 json.dump(seen, open(path, "w"))
@@ -122,7 +125,7 @@ for config in $SERVE_CONFIGS; do
       # Concurrency 1 runs one request at a time, so it gets fewer requests than the batched levels.
       n=$REQUESTS; [ "$c" = 1 ] && n=$REQUESTS_C1
       python3 tools/bench_serve.py --url "http://127.0.0.1:$PORT/" --image "$JPEG" --concurrency "$c" --requests "$n" \
-        --warmup 0 | python3 -c "import json, sys; r = json.loads(sys.stdin.read()); r.update(replicas=$replicas, \
+        --warmup 0 ${BENCH_ARGS:-} | python3 -c "import json, sys; r = json.loads(sys.stdin.read()); r.update(replicas=$replicas, \
 gpus_per_replica=$gpus, config='$config'); print(json.dumps(r))" | tee -a "$WORK/bench_serve.jsonl"
       scrape "$replicas" "${config}_c$c"
     done
@@ -188,6 +191,10 @@ for level in levels:
     level["engine_batches"] = {
         size: sum(a["batches"].get(size, 0) - before.get(r, {}).get("batches", {}).get(size, 0) for r, a in after.items())
         for size in sorted({s for a in after.values() for s in a["batches"]}, key=int)}
+    # Mean time a request spent in its replica (body, decode, queue, engine, JSON), next to the client's p50.
+    seconds, count = (sum(a["latency"][k] - before.get(r, {}).get("latency", [0.0, 0.0])[k] for r, a in after.items())
+                      for k in (0, 1))
+    level["replica_mean_ms"] = round(1000 * seconds / count, 2) if count else None
     if engine:
         level["share_of_cli"] = round(level["images_per_s"] / engine, 3)
 answers = [p.read_text() for p in sorted(out.glob("answer_*.json"))]
