@@ -4,13 +4,16 @@ loop is busy with the requests themselves. Runs here (CPU, no Ray, no engine).
 The engine stand-in releases the GIL for --engine-ms (as the binding's C++ call does), then holds it
 for --convert-ms (building the Python results). Each of --clients coroutines sends its next request
 when the last is answered and burns --request-ms of pure Python on the loop per request (Serve,
-starlette, result_record, JSON), half before submitting and half after its answer. Prints images/s
-and its share of the engine's own batch throughput.
+starlette, JSON), half before submitting and half after its answer, and is away --client-ms (the
+network and the client, off the loop; each time drawn from 0.5-1.5x, seeded) before the next. Prints images/s and its share of the
+engine's own batch throughput.
 
   python dev/serve_batcher_sim.py --request-ms 0 3 6
+  python dev/serve_batcher_sim.py --clients 8 --client-ms 20 --wait-ms 10   # then --wait-ms 30
 """
 import argparse
 import asyncio
+import random
 import sys
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ def simulate(request_s: float, args: argparse.Namespace) -> dict:
     async def main():
         batcher = EngineBatcher(engine, args.batch, args.wait_ms / 1e3)
         left = [args.requests]
+        rng = random.Random(0)
 
         async def client():
             while left[0] > 0:
@@ -41,7 +45,7 @@ def simulate(request_s: float, args: argparse.Namespace) -> dict:
                 burn(request_s / 2)
                 await batcher.submit(None)
                 burn(request_s / 2)
-                await asyncio.sleep(0)
+                await asyncio.sleep(rng.uniform(0.5, 1.5) * args.client_ms / 1e3)
 
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(args.clients)))
@@ -61,6 +65,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--wait-ms", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--client-ms", type=float, default=0.0, help="a client's time away between requests")
     parser.add_argument("--requests", type=int, default=800)
     args = parser.parse_args()
     for request_ms in args.request_ms:
