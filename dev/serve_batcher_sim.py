@@ -5,8 +5,8 @@ The engine stand-in releases the GIL for --engine-ms (as the binding's C++ call 
 for --convert-ms (building the Python results). Each of --clients coroutines sends its next request
 when the last is answered and burns --request-ms of pure Python on the loop per request (Serve,
 starlette, JSON), half before submitting and half after its answer, and is away --client-ms (the
-network and the client, off the loop; each time drawn from 0.5-1.5x, seeded) before the next. Prints images/s and its share of the
-engine's own batch throughput.
+network and the client, off the loop; each time drawn from 0.5-1.5x, seeded) before the next.
+Prints images/s and its share of the engine's own batch throughput.
 
   python dev/serve_batcher_sim.py --request-ms 0 3 6
   python dev/serve_batcher_sim.py --clients 8 --client-ms 20 --wait-ms 10   # then --wait-ms 30

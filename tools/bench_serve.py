@@ -3,9 +3,9 @@
 Each level sends --requests POSTs of one image (raw bytes) from that many client threads and
 reports images/s, p50 and p99 latency and the non-200 count. Each client thread keeps one HTTP/1.1
 connection, as a camera or a load generator such as wrk does (--no-keep-alive: a new connection per
-request; under load that added ~1 s outside the service to a few requests on the GPU host); compare images/s with
-`codetr-detect --benchmark` on the same engine and image (the service's target: >= 90 % of the
-engine's batch throughput at concurrency 32). Standard library only, so it runs wherever Python does.
+request, whose set-up the measurement then includes). Compare images/s with `codetr-detect
+--benchmark` on the same engine and image (the service's target: >= 90 % of the engine's batch
+throughput at concurrency 32). Standard library only, so it runs wherever Python does.
 
   codetr serve --model engines/r50_b8 --port 8000 &
   python tools/bench_serve.py --url http://127.0.0.1:8000/ --image photo.jpg --concurrency 1 8 32
